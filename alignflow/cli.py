@@ -1,0 +1,148 @@
+"""The `alignflow` command. User errors are one line on stderr and a non-zero exit, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from alignflow.config import ConfigError, PipelineConfig, load_config
+from alignflow.seeds import SeedError, load_seeds
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    pass
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
+    print(f"alignflow: {message}", file=sys.stderr)
+    return code
+
+
+def _preflight(config: PipelineConfig) -> None:
+    """Catch what would fail minutes later: unreadable seeds, a missing API key."""
+    load_seeds(config.seeds)
+    for stage in ("instructions", "responses", "judge"):
+        config.llm_for(stage).api_key()
+
+
+class RichProgress:
+    """Per stage: rows done of total, requests per second, failures so far."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[rate]:>7} req/s  failed {task.fields[failed]}"),
+                                  TimeElapsedColumn(), console=console)
+        self._tasks: dict[str, tuple[int, float]] = {}
+        self._failed: dict[str, int] = {}
+
+    def __enter__(self):
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._progress.stop()
+
+    def start(self, stage: str, total: int) -> None:
+        task = self._progress.add_task(stage, total=total, rate="-", failed=0)
+        self._tasks[stage] = (task, time.perf_counter())
+        self._failed[stage] = 0
+
+    def advance(self, stage: str, done: int = 1, failed: int = 0) -> None:
+        task, started = self._tasks[stage]
+        self._failed[stage] += failed
+        completed = self._progress.tasks[[t.id for t in self._progress.tasks].index(task)].completed + done
+        rate = completed / max(time.perf_counter() - started, 1e-6)
+        self._progress.update(task, advance=done, rate=f"{rate:.1f}", failed=self._failed[stage])
+
+    def finish(self, stage: str) -> None:
+        pass
+
+
+def cmd_run(args) -> int:
+    try:
+        config = load_config(args.config, args.set)
+        _preflight(config)
+    except (ConfigError, SeedError) as exc:
+        return _fail(str(exc))
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    from rich.console import Console
+
+    from alignflow import progress
+    from flows.pipeline import new_run_id, pipeline
+
+    run_id = args.run_id or new_run_id()
+    console = Console(stderr=True)
+    with RichProgress(console) as sink:
+        progress.set_sink(sink)
+        try:
+            manifest = pipeline(config, run_id)
+        except Exception as exc:  # the flow run's own error, already logged by Prefect
+            return _fail(f"run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
+        finally:
+            progress.set_sink(None)
+    _print_summary(manifest)
+    from alignflow.store import Store
+
+    run_dir = Store(config.store).join(run_id)
+    print(f"datasets: {run_dir}/datasets/ ({', '.join(f'{k}: {v} rows' for k, v in manifest['datasets'].items())})")
+    print(run_dir)
+    return 0
+
+
+def _print_summary(manifest: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from alignflow.manifest import table
+
+    rows = table(manifest)
+    out = Table(title=f"run {manifest['run_id']}")
+    for head in rows[0]:
+        out.add_column(head, justify="left" if head == "stage" else "right")
+    for row in rows[1:]:
+        out.add_row(*row)
+    Console().print(out)
+    tokens = manifest["tokens"]
+    print(f"tokens: {tokens['input_tokens']} in, {tokens['output_tokens']} out")
+
+
+def cmd_inspect(args) -> int:
+    from alignflow.store import Store
+
+    try:
+        manifest = Store(args.run_dir).read_json("manifest.json")
+    except FileNotFoundError:
+        return _fail(f"no manifest.json in {args.run_dir}: not a run directory")
+    _print_summary(manifest)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alignflow", description="Synthetic SFT and preference data as Prefect flows.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline on a config")
+    run.add_argument("config")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    run.add_argument("--run-id", help="reuse a run id to resume: known answers come from the request cache")
+    run.set_defaults(func=cmd_run)
+    inspect = sub.add_parser("inspect", help="show a run's manifest as a table")
+    inspect.add_argument("run_dir")
+    inspect.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Pipeline configuration: YAML validated by pydantic, with dotted `--set` overrides.
+
+Unknown keys and bad values are errors that name the key. API keys never live here: `api_key_env`
+names the environment variable that holds one.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Provider = Literal["openai", "anthropic", "local"]
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+DEFAULT_MODEL = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest", "local": "SmolLM2-135M-Instruct"}
+
+
+class ConfigError(Exception):
+    """A user error in the configuration: printed as one line."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LLMOverride(Strict):
+    """Any subset of the LLM settings; a stage's `llm` overrides the top-level one key by key."""
+
+    provider: Provider | None = None
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    timeout_s: float | None = Field(None, gt=0)
+    max_retries: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    structured_retries: int | None = Field(None, ge=0)
+
+
+class LLMConfig(Strict):
+    provider: Provider = "local"
+    model: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(8, ge=1)
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(6, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(512, ge=1)
+    structured_retries: int = Field(2, ge=0)
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL[self.provider]
+
+    @property
+    def key_env(self) -> str | None:
+        return self.api_key_env or DEFAULT_KEY_ENV.get(self.provider)
+
+    def api_key(self) -> str | None:
+        """The key from the environment; a clear error if the provider needs one and it is not set."""
+        env = self.key_env
+        if env is None:
+            return None
+        key = os.environ.get(env)
+        if not key:
+            raise ConfigError(f"missing API key: set the environment variable {env} (provider {self.provider})")
+        return key
+
+    def merged(self, override: LLMOverride | None) -> "LLMConfig":
+        if override is None:
+            return self
+        return self.model_copy(update=override.model_dump(exclude_none=True))
+
+
+class InstructionsConfig(Strict):
+    target: int = Field(20, ge=1)
+    per_prompt: int = Field(4, ge=1, description="new tasks asked for in one prompt")
+    prompts_per_round: int = Field(4, ge=1)
+    shown: int = Field(8, ge=1, description="in-context tasks shown per prompt")
+    shown_machine: int = Field(2, ge=0, description="of those, taken from the machine pool once it has them")
+    max_rounds: int = Field(10, ge=1)
+    min_words: int = Field(4, ge=1)
+    max_words: int = Field(150, ge=1)
+    llm: LLMOverride | None = None
+
+
+class ResponsesConfig(Strict):
+    per_instruction: int = Field(2, ge=1)
+    batch_size: int = Field(64, ge=1)
+    llm: LLMOverride | None = None
+
+
+class JudgeConfig(Strict):
+    batch_size: int = Field(64, ge=1)
+    llm: LLMOverride | None = None
+
+
+class PairsConfig(Strict):
+    min_margin: float = Field(0.5, ge=0)
+
+
+class CacheConfig(Strict):
+    enabled: bool = True
+    dir: str = Field(default_factory=lambda: os.environ.get("ALIGNFLOW_CACHE_DIR", str(Path.home() / ".cache" / "alignflow")))
+
+
+class PipelineConfig(Strict):
+    store: str = "./runs"
+    seeds: str = "data/seed_tasks.jsonl"
+    seed: int = 0
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    @model_validator(mode="after")
+    def _seeds_exist(self) -> "PipelineConfig":
+        if not Path(self.seeds).is_file():
+            raise ValueError(f"seeds file not found: {self.seeds}")
+        return self
+
+    def llm_for(self, stage: str) -> LLMConfig:
+        return self.llm.merged(getattr(self, stage).llm)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"--set {dotted}: expected KEY=VALUE")
+    key, raw = dotted.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if first["loc"] else msg
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a YAML config, apply `--set` overrides, validate. Relative paths resolve from the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides or []:
+        _set_dotted(data, item)
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None

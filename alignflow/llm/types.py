@@ -1,0 +1,55 @@
+"""The request and result types every provider speaks: one result per request, never an exception."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class Request:
+    """One chat request. `sample` makes repeated samples of the same prompt distinct requests."""
+
+    messages: list[dict[str, str]]
+    schema: type[BaseModel] | None = None
+    temperature: float = 0.7
+    max_tokens: int = 512
+    sample: int = 0
+
+
+@dataclass
+class Completion:
+    """What a provider backend returns for one successful call."""
+
+    text: str
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ProviderError(Exception):
+    """A failed call. `retryable` says whether trying again may help; `retry_after` is in seconds."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, raw: str | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.raw = raw
+
+
+@dataclass
+class Result:
+    """The outcome of one request: ok with text (and `parsed` for structured output), or failed with the error."""
+
+    ok: bool
+    text: str | None = None
+    parsed: Any = None
+    error: str | None = None
+    finish_reason: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 0
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,54 @@
+"""A run: its config, its place in the store, its request cache, and how a stage writes a batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import polars as pl
+
+from alignflow.config import PipelineConfig
+from alignflow.llm.cache import RequestCache
+from alignflow.llm.client import LLM
+from alignflow.store import Store, batch_key
+
+
+@dataclass
+class Run:
+    config: PipelineConfig
+    run_id: str
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.config.store)
+
+    @cached_property
+    def cache(self) -> RequestCache | None:
+        return RequestCache(self.config.cache.dir) if self.config.cache.enabled else None
+
+    @property
+    def url(self) -> str:
+        return self.store.join(self.run_id)
+
+    def llm(self, stage: str) -> LLM:
+        return LLM(self.config.llm_for(stage), self.cache)
+
+    def write_batch(self, stage: str, number: int, **outcomes: pl.DataFrame) -> dict[str, int]:
+        """Write each non-empty outcome of one batch; return the row counts."""
+        counts = {}
+        for outcome, df in outcomes.items():
+            counts[outcome] = df.height
+            if df.height:
+                self.store.write_parquet(batch_key(self.run_id, stage, outcome, number), df)
+        return counts
+
+    def read(self, stage: str, outcome: str = "kept") -> pl.DataFrame:
+        from alignflow.records import schema_for
+
+        return self.store.read_dir(f"{self.run_id}/{stage}/{outcome}", schema=schema_for(stage))
+
+    def reset_stage(self, stage: str) -> None:
+        """A stage rewrites its batches on every run; the request cache makes that free."""
+        self.store.delete_prefix(f"{self.run_id}/{stage}/")
+
+    def record_stage(self, stage: str, inputs: int, note: str = "") -> None:
+        self.store.write_json(f"{self.run_id}/{stage}/stage.json", {"stage": stage, "inputs": inputs, "note": note})

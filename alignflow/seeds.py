@@ -1,0 +1,46 @@
+"""Seed tasks: the Self-Instruct JSONL format (`instruction`, optional `instances`) or plain text lines."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from alignflow.records import frame, stable_id
+
+
+class SeedError(ValueError):
+    """The seeds file cannot be read: a user error, printed as one line."""
+
+
+def load_seeds(path: str | Path) -> pl.DataFrame:
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SeedError(f"cannot read seeds file {path}: {exc}") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        text = _instruction(line, path, number)
+        if text:
+            rows.append({"id": stable_id("seed", text), "instruction": text, "source": "seed", "parent_ids": [], "round": 0})
+    if not rows:
+        raise SeedError(f"seeds file {path} holds no instructions")
+    return frame(rows, "seeds").unique("id", keep="first", maintain_order=True)
+
+
+def _instruction(line: str, path: Path, number: int) -> str:
+    if not line.startswith("{"):
+        return line
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SeedError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+    if not isinstance(record.get("instruction"), str):
+        raise SeedError(f"{path}:{number}: no `instruction` string")
+    text = record["instruction"].strip()
+    instances = record.get("instances") or []
+    first_input = instances[0].get("input", "").strip() if instances and isinstance(instances[0], dict) else ""
+    return f"{text}\n{first_input}" if first_input else text

@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from alignflow.seeds import SeedError, load_seeds
+
+
+def test_project_seeds_are_varied():
+    seeds = load_seeds("data/seed_tasks.jsonl")
+    assert seeds.height >= 20
+    assert seeds["id"].n_unique() == seeds.height
+
+
+def test_self_instruct_format_with_instances(shared_data):
+    seeds = load_seeds(shared_data / "self_instruct_seed_tasks.jsonl")
+    assert seeds.height == 175
+
+
+def test_plain_text_lines(tmp_path):
+    path = tmp_path / "seeds.txt"
+    path.write_text("Explain gravity to a child.\n\nWrite a limerick about tea.\n")
+    assert load_seeds(path)["instruction"].to_list() == ["Explain gravity to a child.", "Write a limerick about tea."]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "holds no instructions"),
+    ('{"instruction": 3}\n', "no `instruction` string"),
+    ('{"instruction": "x"\n', "not valid JSON"),
+])
+def test_bad_seeds_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "seeds.jsonl"
+    path.write_text(content)
+    with pytest.raises(SeedError, match=message):
+        load_seeds(path)
+
+
+def test_instances_input_is_part_of_the_instruction(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"instruction": "Sort the list.", "instances": [{"input": "3, 1, 2", "output": ""}]}))
+    assert load_seeds(path)["instruction"][0] == "Sort the list.\n3, 1, 2"
