@@ -77,7 +77,10 @@ class LLM:
         limits = _Limits(self.config)
 
         async def one(request: Request) -> Result:
-            result = await self._one(backend, limits, request)
+            try:
+                result = await self._one(backend, limits, request)
+            except Exception as exc:  # a bug or an SDK surprise fails this request, not the batch
+                result = Result(ok=False, error=f"{type(exc).__name__}: {exc}")
             if on_result:
                 on_result(result)
             return result

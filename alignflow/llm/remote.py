@@ -101,7 +101,9 @@ class AnthropicBackend:
             kwargs["tool_choice"] = {"type": "tool", "name": tool}
         try:
             reply = await self._client.messages.create(
-                model=self.model, messages=messages, max_tokens=request.max_tokens, temperature=min(request.temperature, 1.0), **kwargs
+                model=self.model, messages=messages, max_tokens=request.max_tokens,
+                # this SDK version has no `temperature` argument; the API still takes the field
+                extra_body={"temperature": min(request.temperature, 1.0)}, **kwargs
             )
         except anthropic.AnthropicError as exc:
             raise _as_provider_error(exc) from None
