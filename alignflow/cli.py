@@ -70,6 +70,7 @@ def cmd_run(args) -> int:
     except (ConfigError, SeedError) as exc:
         return _fail(str(exc))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
     from rich.console import Console
 
     from alignflow import progress
@@ -103,7 +104,7 @@ def _print_summary(manifest: dict) -> None:
     rows = table(manifest)
     out = Table(title=f"run {manifest['run_id']}")
     for head in rows[0]:
-        out.add_column(head, justify="left" if head == "stage" else "right")
+        out.add_column(head, justify="left" if head == "stage" else "right", no_wrap=True, min_width=len(head))
     for row in rows[1:]:
         out.add_row(*row)
     Console().print(out)

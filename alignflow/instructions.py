@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from typing import Annotated
 
 import polars as pl
 from pydantic import BaseModel, Field
@@ -15,7 +16,8 @@ STAGE = "instructions"
 
 
 class NewTasks(BaseModel):
-    instructions: list[str] = Field(min_length=1, max_length=20)
+    # bounded lengths keep a small sampled model from running on inside one string
+    instructions: list[Annotated[str, Field(max_length=400)]] = Field(min_length=1, max_length=20)
 
 
 def _sample_shown(rng: random.Random, human: list[dict], machine: list[dict], shown: int, shown_machine: int) -> list[dict]:

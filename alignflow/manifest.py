@@ -43,7 +43,7 @@ def write(store: Store, run_id: str) -> dict:
 
 
 def table(manifest: dict) -> list[list[str]]:
-    rows = [["stage", "inputs", *OUTCOMES, "input_tokens", "output_tokens"]]
+    rows = [["stage", "inputs", *OUTCOMES, "tokens in", "tokens out"]]
     for stage, counts in manifest["stages"].items():
         rows.append([stage, str(counts.get("inputs", "")), *(str(counts.get(o, 0)) for o in OUTCOMES),
                      str(counts.get("input_tokens", 0)), str(counts.get("output_tokens", 0))])

@@ -6,6 +6,7 @@ bounded re-asks all happen here, the same way for every provider backend.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -22,14 +23,20 @@ OnResult = Callable[[Result], None]
 
 
 def make_backend(config: LLMConfig) -> Backend:
+    """Remote clients are made per event loop (their HTTP pools are bound to it); a local model is one per process."""
     if config.provider == "local":
-        from alignflow.llm.local import LocalBackend
-
-        return LocalBackend(config.model)
+        return _local_backend(config.model, config.max_concurrency)
     from alignflow.llm.remote import AnthropicBackend, OpenAIBackend
 
     cls = OpenAIBackend if config.provider == "openai" else AnthropicBackend
     return cls(config.model_name, api_key=config.api_key(), base_url=config.base_url, timeout_s=config.timeout_s)
+
+
+@functools.cache
+def _local_backend(model: str | None, max_batch: int) -> Backend:
+    from alignflow.llm.local import LocalBackend
+
+    return LocalBackend(model, max_batch=max_batch)
 
 
 class _BackoffHonouringRetryAfter:

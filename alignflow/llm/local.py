@@ -227,7 +227,7 @@ class LocalBackend:
         try:
             completions = self._generate([job.request for job in batch])
         except Exception as exc:  # noqa: BLE001 - reported to every caller of the batch
-            error = ProviderError(f"{type(exc).__name__}: {exc}", retryable=False)
+            error = ProviderError(str(exc) or type(exc).__name__, retryable=False)
             for job in batch:
                 job.settle(error=error)
             return

@@ -1,0 +1,239 @@
+"""The dataset store: a directory URL, either a local path or ``s3://bucket/prefix``.
+
+Keys are relative, "/"-separated paths such as ``run1/instructions/kept/batch-00000.parquet``.
+Every write is atomic: locally a hidden temp file in the same directory is renamed into place,
+on S3 the object is sent in a single PUT. A missing key raises FileNotFoundError naming its full URL.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import polars as pl
+
+OUTCOMES = ("kept", "rejected", "failed", "quarantine")
+
+Writer = Callable[[IO[bytes]], None]
+
+
+def batch_key(run_id: str, stage: str, outcome: str, n: int) -> str:
+    """Key of batch ``n`` of one outcome of a stage."""
+    return f"{run_id}/{stage}/{outcome}/batch-{n:05d}.parquet"
+
+
+def _dir_prefix(key_prefix: str) -> str:
+    """A key prefix as a directory: no leading slash, one trailing slash (empty for the root)."""
+    key_prefix = key_prefix.strip("/")
+    return f"{key_prefix}/" if key_prefix else ""
+
+
+class _Local:
+    """Files under a local directory."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.root = Path(url)
+
+    def join(self, key: str) -> str:
+        return os.path.join(self.url, key) if key else self.url
+
+    def write(self, key: str, writer: Writer) -> None:
+        """Write to a hidden temp file beside the target, then rename it into place."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                writer(f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _existing(self, key: str) -> Path:
+        path = self.root / key
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {self.join(key)}")
+        return path
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._existing(key).read_bytes()
+
+    def read_parquet(self, key: str) -> pl.DataFrame:
+        return pl.read_parquet(self._existing(key))
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            rel = "" if rel == "." else f"{rel}/"
+            keys += [rel + name for name in filenames if not name.startswith(".")]
+        return sorted(keys)
+
+    def list_dir(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.is_dir():
+            return []
+        return sorted(prefix + p.name for p in base.iterdir() if p.is_file() and not p.name.startswith("."))
+
+    def delete_prefix(self, prefix: str) -> None:
+        base = self.root / prefix
+        if prefix and base.is_dir():
+            shutil.rmtree(base)
+        elif not prefix:  # the whole store: empty the directory, keep it
+            for key in self.list(""):
+                (self.root / key).unlink()
+
+
+class _S3:
+    """Objects under ``s3://bucket/prefix``; one boto3 client per store, from the standard AWS env."""
+
+    def __init__(self, url: str):
+        import boto3
+
+        self.url = url.rstrip("/")
+        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+        if not self.bucket:
+            raise ValueError(f"no bucket in store URL {url!r}")
+        self.prefix = _dir_prefix(prefix)
+        self.client = boto3.client("s3")  # reads AWS_ENDPOINT_URL, credentials and region from the env
+
+    def join(self, key: str) -> str:
+        return f"{self.url}/{key}" if key else self.url
+
+    def _object_key(self, key: str) -> str:
+        return self.prefix + key
+
+    def write(self, key: str, writer: Writer) -> None:
+        """Serialize into memory, then send a single PUT (atomic on S3)."""
+        buf = io.BytesIO()
+        writer(buf)
+        self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=buf.getvalue())
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no such object: {self.join(key)}") from None
+
+    def read_parquet(self, key: str) -> pl.DataFrame:
+        # Polars reads the s3:// URL itself (its object store), with options from the same env;
+        # this works against moto too, so the boto3 get_object fallback is not needed.
+        try:
+            return pl.read_parquet(self.join(key), storage_options=self.storage_options())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {self.join(key)}") from None
+
+    @staticmethod
+    def storage_options() -> dict[str, str]:
+        """Polars' object-store options, from the same env variables boto3 reads."""
+        env = {
+            "aws_endpoint_url": os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+            "aws_access_key_id": os.environ.get("AWS_ACCESS_KEY_ID"),
+            "aws_secret_access_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "aws_session_token": os.environ.get("AWS_SESSION_TOKEN"),
+            "aws_region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION"),
+        }
+        options = {k: v for k, v in env.items() if v}
+        if options.get("aws_endpoint_url", "").startswith("http://"):
+            options["aws_allow_http"] = "true"
+        return options
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def _keys(self, prefix: str, delimiter: str = "") -> list[str]:
+        kwargs = {"Bucket": self.bucket, "Prefix": self._object_key(prefix)}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        keys = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(**kwargs):
+            keys += [obj["Key"].removeprefix(self.prefix) for obj in page.get("Contents", [])]
+        return sorted(keys)
+
+    def list(self, prefix: str) -> list[str]:
+        return self._keys(prefix)
+
+    def list_dir(self, prefix: str) -> list[str]:
+        return self._keys(prefix, delimiter="/")
+
+    def delete_prefix(self, prefix: str) -> None:
+        keys = self._keys(prefix)
+        for start in range(0, len(keys), 1000):  # delete_objects takes at most 1000 keys
+            chunk = [{"Key": self._object_key(k)} for k in keys[start:start + 1000]]
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+
+
+class Store:
+    """A pipeline's dataset store at ``url``: a local directory or ``s3://bucket/prefix``."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._backend = _S3(url) if url.startswith("s3://") else _Local(url)
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    def join(self, *parts: str) -> str:
+        """Full URL or path of a relative key."""
+        return self._backend.join("/".join(p.strip("/") for p in parts if p.strip("/")))
+
+    def write_parquet(self, key: str, df: pl.DataFrame) -> None:
+        """Write ``df`` to ``key`` atomically."""
+        self._backend.write(key, df.write_parquet)
+
+    def read_parquet(self, key: str) -> pl.DataFrame:
+        """Read one parquet file."""
+        return self._backend.read_parquet(key)
+
+    def read_dir(self, key_prefix: str, schema: dict | None = None) -> pl.DataFrame:
+        """All ``*.parquet`` directly under ``key_prefix``, concatenated in name order.
+
+        Empty (with ``schema`` if given) when there are none.
+        """
+        keys = [k for k in self._backend.list_dir(_dir_prefix(key_prefix)) if k.endswith(".parquet")]
+        if not keys:
+            return pl.DataFrame(schema=schema)
+        return pl.concat([self.read_parquet(k) for k in keys], how="diagonal_relaxed")
+
+    def write_json(self, key: str, obj: Any) -> None:
+        """Write ``obj`` as JSON (indent 2, sorted keys) atomically."""
+        data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+        self._backend.write(key, lambda f: f.write(data))
+
+    def read_json(self, key: str) -> Any:
+        """Parse the JSON at ``key``."""
+        return json.loads(self._backend.read_bytes(key))
+
+    def exists(self, key: str) -> bool:
+        """Whether a file is stored at ``key``."""
+        return self._backend.exists(key)
+
+    def list(self, key_prefix: str) -> list[str]:
+        """Sorted keys of all files under ``key_prefix``, recursively."""
+        return self._backend.list(_dir_prefix(key_prefix))
+
+    def delete_prefix(self, key_prefix: str) -> None:
+        """Delete every file under ``key_prefix``."""
+        self._backend.delete_prefix(_dir_prefix(key_prefix))

@@ -1,0 +1,111 @@
+"""End to end: `alignflow run` under a real Prefect server (the test harness) against the loopback LLM server."""
+import json
+
+import polars as pl
+import pytest
+from llm_server import LLMTestServer
+from prefect.testing.utilities import prefect_test_harness
+
+from alignflow.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _key(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-secret")
+
+
+def run_cli(server, tmp_path, *extra, provider="openai", run_id="r1"):
+    base = server.openai_base_url if provider == "openai" else server.url
+    args = ["run", "configs/quickstart.yaml", "--set", f"store={tmp_path / 'store'}", "--set", f"llm.provider={provider}",
+            "--set", f"llm.base_url={base}", "--set", "llm.model=gen-model", "--set", "instructions.target=12",
+            "--set", "llm.max_concurrency=16", "--set", "judge.llm.model=judge-model", "--run-id", run_id, *extra]
+    return main(args)
+
+
+def manifest_of(tmp_path, run_id="r1"):
+    return json.loads((tmp_path / "store" / run_id / "manifest.json").read_text())
+
+
+def assert_adds_up(manifest):
+    stages = manifest["stages"]
+    assert stages["responses"]["inputs"] == sum(stages["responses"][o] for o in ("kept", "rejected", "failed"))
+    assert stages["judgments"]["inputs"] == stages["judgments"]["kept"] + stages["judgments"]["failed"]
+    assert stages["pairs"]["inputs"] == stages["pairs"]["kept"] + stages["pairs"]["rejected"]
+    assert stages["instructions"]["kept"] >= 12
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_run_writes_datasets_and_a_manifest_that_adds_up(tmp_path, capsys, provider):
+    with LLMTestServer() as server:
+        assert run_cli(server, tmp_path, provider=provider) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == str(tmp_path / "store" / "r1")
+    manifest = manifest_of(tmp_path)
+    assert_adds_up(manifest)
+    dpo = pl.read_parquet(tmp_path / "store/r1/datasets/dpo.parquet")
+    sft = pl.read_parquet(tmp_path / "store/r1/datasets/sft.parquet")
+    assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(dpo.columns)
+    assert (dpo["score_chosen"] > dpo["score_rejected"]).all()
+    assert sft["messages"].list.len().min() == 2
+    assert manifest["datasets"] == {"dpo": dpo.height, "sft": sft.height}
+    responses = pl.read_parquet(tmp_path / f"store/r1/responses/kept/")
+    assert set(responses["model"]) == {"gen-model"} and set(responses["provider"]) == {provider}
+    stored = "".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "store").rglob("*") if p.is_file())
+    assert "sk-test-secret" not in stored and "sk-ant-test-secret" not in stored
+
+
+def test_flaky_server_loses_no_row_and_a_rerun_sends_nothing(tmp_path):
+    with LLMTestServer(p429=0.2, p500=0.05, seed=7) as server:
+        assert run_cli(server, tmp_path, "--set", "llm.max_retries=1") == 0
+        first = manifest_of(tmp_path)
+        assert_adds_up(first)
+        failed = sum(s["failed"] for s in first["stages"].values())
+        assert failed > 0  # with one retry some requests do fail, and they are recorded
+        failed_rows = pl.read_parquet(tmp_path / "store/r1/responses/failed/") if first["stages"]["responses"]["failed"] \
+            else pl.read_parquet(tmp_path / "store/r1/judgments/failed/")
+        assert failed_rows["error"].str.contains("HTTP").all()
+
+        server.reset_counts()
+        assert run_cli(server, tmp_path, "--set", "llm.max_retries=8") == 0  # resume: only the failures are asked
+        resumed = manifest_of(tmp_path)
+        assert_adds_up(resumed)
+        assert sum(s["failed"] for s in resumed["stages"].values()) == 0
+
+        server.reset_counts()
+        assert run_cli(server, tmp_path, "--set", "llm.max_retries=8") == 0
+        assert server.requests == 0
+        assert manifest_of(tmp_path)["stages"] == resumed["stages"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "llm.providr=openai"], "llm.providr: unknown key"),
+    (["--set", "responses.per_instruction=zero"], "responses.per_instruction:"),
+    (["--set", "seeds=nowhere.jsonl"], "seeds file not found: nowhere.jsonl"),
+])
+def test_user_errors_are_one_line(tmp_path, capsys, args, message):
+    assert main(["run", "configs/quickstart.yaml", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_api_key(monkeypatch, capsys):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert main(["run", "configs/quickstart.yaml", "--set", "llm.provider=openai"]) == 2
+    assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_inspect(tmp_path, capsys):
+    with LLMTestServer() as server:
+        run_cli(server, tmp_path)
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "store" / "r1")]) == 0
+    out = capsys.readouterr().out
+    assert "responses" in out and "judgments" in out
+    assert main(["inspect", str(tmp_path)]) == 2
