@@ -107,7 +107,9 @@ def _print_summary(manifest: dict) -> None:
         out.add_column(head, justify="left" if head == "stage" else "right", no_wrap=True, min_width=len(head))
     for row in rows[1:]:
         out.add_row(*row)
-    Console().print(out)
+    console = Console()
+    console.width = max(console.width, 100)  # the table fits when output goes to a file or a narrow pipe
+    console.print(out)
     tokens = manifest["tokens"]
     print(f"tokens: {tokens['input_tokens']} in, {tokens['output_tokens']} out")
 

@@ -1,6 +1,7 @@
 """Self-Instruct rounds: show sampled tasks, ask for new ones, keep those that pass the filters and are new."""
 from __future__ import annotations
 
+import json
 import random
 from typing import Annotated
 
@@ -40,7 +41,7 @@ def run_round(run: Run, round_no: int, seeds: pl.DataFrame, pool: pl.DataFrame) 
     prompts = []
     for _ in range(cfg.prompts_per_round):
         shown = _sample_shown(rng, human, machine, cfg.shown, cfg.shown_machine)
-        examples = "\n".join(f"{i}. {t['instruction']}" for i, t in enumerate(shown, 1))
+        examples = json.dumps({"instructions": [t["instruction"] for t in shown]}, indent=1, ensure_ascii=False)
         text = template.render(examples=examples, count=cfg.per_prompt)
         prompts.append((shown, llm.request([{"role": "user", "content": text}], schema=NewTasks, temperature=max(llm.config.temperature, 0.7))))
 

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignflow.llm.structured import schema_hint
 from alignflow.llm.types import Completion, ProviderError, Request
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SCHEMA_INSTRUCTION = "Answer with only a JSON object that matches this JSON schema: "
 # How long the worker waits for more requests after the first one: concurrent callers (asyncio.gather)
 # enqueue within microseconds, so a few milliseconds fills a batch without delaying a lone request.
 GATHER_WINDOW_S = 0.005
@@ -75,6 +75,10 @@ def _load(path: Path) -> _Loaded:
             return _LOADED[path]
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the CLI draws its own progress; library bars would garble it
+        os.environ.setdefault("TQDM_DISABLE", "1")  # the GGUF conversion bar is a plain tqdm
 
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, min(cores, 8)))  # beyond ~8 threads a 135M model only adds sync overhead
@@ -123,7 +127,7 @@ def _with_schema(request: Request) -> list[dict[str, str]]:
     messages = [dict(m) for m in request.messages]
     if request.schema is None:
         return messages
-    note = SCHEMA_INSTRUCTION + json.dumps(request.schema.model_json_schema())
+    note = schema_hint(request.schema)
     for message in reversed(messages):
         if message.get("role") == "user":
             message["content"] = f"{message['content']}\n\n{note}"

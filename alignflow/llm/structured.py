@@ -46,8 +46,14 @@ def parse_structured(text: str, schema: type[M]) -> M:
         raise ParseError(f"output does not match {schema.__name__}: {where}: {first['msg']}") from None
 
 
-def schema_instruction(schema: type[BaseModel]) -> str:
-    return (
-        "Answer with only a JSON object that matches this JSON schema, no other text:\n"
-        + json.dumps(schema.model_json_schema(), separators=(",", ":"))
-    )
+def schema_hint(schema: type[BaseModel]) -> str:
+    """A compact, readable form of the schema: small models copy the words of a full JSON Schema into their answer."""
+    fields = []
+    for name, info in schema.model_json_schema()["properties"].items():
+        kind = info.get("type", "value")
+        if kind == "array":
+            kind = f"list of {info.get('items', {}).get('type', 'value')}"
+        if "minimum" in info and "maximum" in info:
+            kind += f" from {info['minimum']} to {info['maximum']}"
+        fields.append(f'"{name}": {kind}')
+    return "Answer with only a JSON object: {" + ", ".join(fields) + "}"
