@@ -92,7 +92,11 @@ class LLM:
                 on_result(result)
             return result
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        try:
+            return list(await asyncio.gather(*(one(r) for r in requests)))
+        finally:
+            if hasattr(backend, "aclose"):  # close HTTP pools while their event loop still runs
+                await backend.aclose()
 
     async def _one(self, backend: Backend, limits: "_Limits", request: Request) -> Result:
         key = request_key(self.provider, self.model, request)

@@ -56,6 +56,9 @@ class OpenAIBackend:
         self.model = model
         self._client = openai.AsyncOpenAI(api_key=api_key or "unused", base_url=base_url, timeout=timeout_s, max_retries=0)
 
+    async def aclose(self) -> None:
+        await self._client.close()
+
     async def complete(self, request: Request) -> Completion:
         kwargs = {}
         if request.schema is not None:
@@ -90,6 +93,9 @@ class AnthropicBackend:
     def __init__(self, model: str, *, api_key: str | None, base_url: str | None, timeout_s: float):
         self.model = model
         self._client = anthropic.AsyncAnthropic(api_key=api_key or "unused", base_url=base_url, timeout=timeout_s, max_retries=0)
+
+    async def aclose(self) -> None:
+        await self._client.close()
 
     async def complete(self, request: Request) -> Completion:
         system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
