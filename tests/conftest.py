@@ -1,8 +1,12 @@
 import os
+import socket
 from pathlib import Path
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
+BUCKET = "alignflow-test"
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -20,3 +24,29 @@ def shared_data() -> Path:
 def _isolated_cache(tmp_path, monkeypatch):
     """Each test gets its own request cache, so no test answers another's requests."""
     monkeypatch.setenv("ALIGNFLOW_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A moto S3 server on loopback, with the AWS env pointing at it for the module's lifetime."""
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+            mp.delenv(name, raising=False)
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        try:
+            yield
+        finally:
+            server.stop()

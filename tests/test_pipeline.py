@@ -109,3 +109,19 @@ def test_inspect(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "responses" in out and "judgments" in out
     assert main(["inspect", str(tmp_path)]) == 2
+
+
+def test_run_on_an_s3_store(s3_server, capsys):
+    from conftest import BUCKET
+
+    from alignflow.store import Store
+
+    url = f"s3://{BUCKET}/runs"
+    with LLMTestServer() as server:
+        assert main(["run", "configs/quickstart.yaml", "--set", f"store={url}", "--set", "llm.provider=openai",
+                     "--set", f"llm.base_url={server.openai_base_url}", "--run-id", "s3run"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"{url}/s3run"
+    store = Store(url)
+    manifest = store.read_json("s3run/manifest.json")
+    assert manifest["datasets"]["dpo"] == store.read_parquet("s3run/datasets/dpo.parquet").height > 0
+    assert main(["inspect", f"{url}/s3run"]) == 0
