@@ -12,10 +12,6 @@ from alignflow.seeds import SeedError, load_seeds
 EXIT_USER_ERROR = 2
 
 
-class UserError(Exception):
-    pass
-
-
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
     print(f"alignflow: {message}", file=sys.stderr)
     return code

@@ -9,6 +9,7 @@ import polars as pl
 from alignflow.config import PipelineConfig
 from alignflow.llm.cache import RequestCache
 from alignflow.llm.client import LLM
+from alignflow.records import schema_for
 from alignflow.store import Store, batch_key
 
 
@@ -42,8 +43,6 @@ class Run:
         return counts
 
     def read(self, stage: str, outcome: str = "kept") -> pl.DataFrame:
-        from alignflow.records import schema_for
-
         return self.store.read_dir(f"{self.run_id}/{stage}/{outcome}", schema=schema_for(stage))
 
     def reset_stage(self, stage: str) -> None:
