@@ -34,6 +34,7 @@ class RichProgress:
                                   TextColumn("{task.fields[rate]:>7} req/s  failed {task.fields[failed]}"),
                                   TimeElapsedColumn(), console=console)
         self._tasks: dict[str, tuple[int, float]] = {}
+        self._done: dict[str, int] = {}
         self._failed: dict[str, int] = {}
 
     def __enter__(self):
@@ -46,13 +47,13 @@ class RichProgress:
     def start(self, stage: str, total: int) -> None:
         task = self._progress.add_task(stage, total=total, rate="-", failed=0)
         self._tasks[stage] = (task, time.perf_counter())
-        self._failed[stage] = 0
+        self._done[stage] = self._failed[stage] = 0
 
     def advance(self, stage: str, done: int = 1, failed: int = 0) -> None:
         task, started = self._tasks[stage]
+        self._done[stage] += done
         self._failed[stage] += failed
-        completed = self._progress.tasks[[t.id for t in self._progress.tasks].index(task)].completed + done
-        rate = completed / max(time.perf_counter() - started, 1e-6)
+        rate = self._done[stage] / max(time.perf_counter() - started, 1e-6)
         self._progress.update(task, advance=done, rate=f"{rate:.1f}", failed=self._failed[stage])
 
     def finish(self, stage: str) -> None:
