@@ -122,6 +122,23 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def cmd_expectations_check(args) -> int:
+    from pathlib import Path
+
+    from alignflow.expectations import check_dir
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        return _fail(f"no expectations directory at {directory}")
+    files, problems = check_dir(directory)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return _fail(f"{len(problems)} problem(s) in {len(files)} suite file(s)", 1)
+    print(f"{len(files)} suite file(s) ok: {', '.join(f.name for f in files)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alignflow", description="Synthetic SFT and preference data as Prefect flows.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -133,6 +150,11 @@ def parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="show a run's manifest as a table")
     inspect.add_argument("run_dir")
     inspect.set_defaults(func=cmd_inspect)
+    expectations = sub.add_parser("expectations", help="work with the data-quality expectation suites")
+    exp_sub = expectations.add_subparsers(dest="action", required=True)
+    check = exp_sub.add_parser("check", help="check every suite file: parses, known expectation types, real columns")
+    check.add_argument("--dir", default="expectations")
+    check.set_defaults(func=cmd_expectations_check)
     return p
 
 
