@@ -35,10 +35,8 @@ def check_suite(path: Path) -> list[str]:
             problems.append(f"{path}: expectation {number}: unknown type {kind!r}")
             continue
         kwargs = exp.get("kwargs", {})
-        for arg in COLUMN_ARGS:
-            if arg in kwargs and kwargs[arg] not in columns:
-                problems.append(f"{path}: expectation {number} ({kind}): column {kwargs[arg]!r} is not in the {stage} schema")
-        for column in kwargs.get("column_list", []):
+        named = [kwargs[arg] for arg in COLUMN_ARGS if arg in kwargs] + list(kwargs.get("column_list", []))
+        for column in named:
             if column not in columns:
                 problems.append(f"{path}: expectation {number} ({kind}): column {column!r} is not in the {stage} schema")
     if not problems:

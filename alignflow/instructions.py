@@ -8,7 +8,7 @@ from typing import Annotated
 import polars as pl
 from pydantic import BaseModel, Field
 
-from alignflow import filters, progress
+from alignflow import filters
 from alignflow.prompts import load
 from alignflow.records import frame, provenance, stable_id
 from alignflow.run import Run
@@ -45,8 +45,7 @@ def run_round(run: Run, round_no: int, seeds: pl.DataFrame, pool: pl.DataFrame) 
         text = template.render(examples=examples, count=cfg.per_prompt)
         prompts.append((shown, llm.request([{"role": "user", "content": text}], schema=NewTasks, temperature=max(llm.config.temperature, 0.7))))
 
-    with progress.track(f"{STAGE} round {round_no}", len(prompts)) as bar:
-        results = llm.generate([r for _, r in prompts], on_result=lambda r: bar.advance(STAGE + f" round {round_no}", 1, int(not r.ok)))
+    results = run.generate(llm, [r for _, r in prompts], f"{STAGE} round {round_no}")
 
     checks = [filters.word_count(cfg.min_words, cfg.max_words), filters.blacklist(), filters.bad_start]
     seen = {filters.normalise(t) for t in pl.concat([seeds["instruction"], pool["instruction"]]).to_list()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import polars as pl
 from pydantic import BaseModel, Field
 
-from alignflow import progress
 from alignflow.prompts import load
 from alignflow.records import frame, provenance, stable_id
 from alignflow.run import Run
@@ -23,8 +22,7 @@ def judge_batch(run: Run, number: int, responses: pl.DataFrame) -> dict[str, int
     rows = responses.to_dicts()
     requests = [llm.request([{"role": "user", "content": template.render(instruction=r["instruction"], response=r["response"])}],
                             schema=Rating, temperature=0.0, max_tokens=min(llm.config.max_tokens, 256)) for r in rows]
-    with progress.track(STAGE, len(requests)) as bar:
-        results = llm.generate(requests, on_result=lambda r: bar.advance(STAGE, 1, int(not r.ok)))
+    results = run.generate(llm, requests, STAGE)
 
     kept, failed = [], []
     for row, result in zip(rows, results):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from alignflow import progress
 from alignflow.prompts import load
 from alignflow.records import frame, provenance, stable_id
 from alignflow.run import Run
@@ -19,8 +18,7 @@ def respond_batch(run: Run, number: int, instructions: pl.DataFrame) -> dict[str
     jobs = [(row, sample) for row in instructions.to_dicts() for sample in range(k)]
     requests = [llm.request([{"role": "user", "content": template.render(instruction=row["instruction"])}], sample=sample)
                 for row, sample in jobs]
-    with progress.track(STAGE, len(requests)) as bar:
-        results = llm.generate(requests, on_result=lambda r: bar.advance(STAGE, 1, int(not r.ok)))
+    results = run.generate(llm, requests, STAGE)
 
     kept, rejected, failed = [], [], []
     for (row, sample), request, result in zip(jobs, requests, results):

@@ -6,9 +6,11 @@ from functools import cached_property
 
 import polars as pl
 
+from alignflow import progress
 from alignflow.config import PipelineConfig
 from alignflow.llm.cache import RequestCache
 from alignflow.llm.client import LLM
+from alignflow.llm.types import Request, Result
 from alignflow.records import schema_for
 from alignflow.store import Store, batch_key
 
@@ -32,6 +34,11 @@ class Run:
 
     def llm(self, stage: str) -> LLM:
         return LLM(self.config.llm_for(stage), self.cache)
+
+    def generate(self, llm: LLM, requests: list[Request], label: str) -> list[Result]:
+        """Generate with the stage's progress shown: rows done of total, rate, failures so far."""
+        with progress.track(label, len(requests)) as bar:
+            return llm.generate(requests, on_result=lambda r: bar.advance(label, 1, int(not r.ok)))
 
     def write_batch(self, stage: str, number: int, **outcomes: pl.DataFrame) -> dict[str, int]:
         """Write each non-empty outcome of one batch; return the row counts."""

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from alignflow.llm.structured import json_schema
 from alignflow.llm.types import Request
 
 
@@ -22,7 +23,7 @@ def request_key(provider: str, model: str, request: Request) -> str:
         "messages": request.messages,
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
-        "schema": request.schema.model_json_schema() if request.schema else None,
+        "schema": json_schema(request.schema) if request.schema else None,
         "sample": request.sample,
     }
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))

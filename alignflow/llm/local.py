@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignflow.llm.structured import schema_hint
+from alignflow.llm.structured import json_schema, schema_hint
 from alignflow.llm.types import Completion, ProviderError, Request
 
 BUNDLED_MODEL = "SmolLM2-135M-Instruct"
@@ -101,7 +101,7 @@ def _load(path: Path) -> _Loaded:
 
 def _grammar(loaded: _Loaded, schema: type) -> Any:
     """The compiled xgrammar grammar for a schema (cached), or None when xgrammar is unavailable or fails."""
-    text = json.dumps(schema.model_json_schema(), sort_keys=True)
+    text = json.dumps(json_schema(schema), sort_keys=True)
     with loaded.grammar_lock:
         if text in loaded.grammars:
             return loaded.grammars[text]

@@ -9,6 +9,7 @@ import json
 import anthropic
 import openai
 
+from alignflow.llm.structured import json_schema
 from alignflow.llm.types import Completion, ProviderError, Request
 
 RETRYABLE_STATUS = {408, 409, 429}
@@ -64,7 +65,7 @@ class OpenAIBackend:
         if request.schema is not None:
             kwargs["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": request.schema.__name__, "schema": request.schema.model_json_schema()},
+                "json_schema": {"name": request.schema.__name__, "schema": json_schema(request.schema)},
             }
         try:
             reply = await self._client.chat.completions.create(
@@ -103,7 +104,7 @@ class AnthropicBackend:
         kwargs = {"system": system} if system else {}
         if request.schema is not None:
             tool = request.schema.__name__
-            kwargs["tools"] = [{"name": tool, "description": f"Record the {tool}.", "input_schema": request.schema.model_json_schema()}]
+            kwargs["tools"] = [{"name": tool, "description": f"Record the {tool}.", "input_schema": json_schema(request.schema)}]
             kwargs["tool_choice"] = {"type": "tool", "name": tool}
         try:
             reply = await self._client.messages.create(

@@ -1,6 +1,7 @@
 """Turning model text into a validated pydantic object, leniently: fences, prose around the JSON, small syntax slips."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import TypeVar
@@ -46,10 +47,16 @@ def parse_structured(text: str, schema: type[M]) -> M:
         raise ParseError(f"output does not match {schema.__name__}: {where}: {first['msg']}") from None
 
 
+@functools.cache
+def json_schema(schema: type[BaseModel]) -> dict:
+    """The model's JSON schema, built once: pydantic rebuilds it on every call, and every request needs it."""
+    return schema.model_json_schema()
+
+
 def schema_hint(schema: type[BaseModel]) -> str:
     """A compact, readable form of the schema: small models copy the words of a full JSON Schema into their answer."""
     fields = []
-    for name, info in schema.model_json_schema()["properties"].items():
+    for name, info in json_schema(schema)["properties"].items():
         kind = info.get("type", "value")
         if kind == "array":
             kind = f"list of {info.get('items', {}).get('type', 'value')}"
