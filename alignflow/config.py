@@ -80,6 +80,33 @@ class LLMConfig(Strict):
         return self.model_copy(update=override.model_dump(exclude_none=True))
 
 
+DedupMethod = Literal["exact", "minhash", "rouge", "semantic"]
+OnFailure = Literal["quarantine", "fail"]
+Aspect = Literal["helpfulness", "honesty", "instruction_following", "truthfulness", "overall"]
+Evolution = Literal["deepen", "concretize", "constrain", "reasoning", "breadth"]
+UF_PRINCIPLES = ("helpfulness", "honesty", "truthfulness")
+
+
+class DedupConfig(Strict):
+    """Near-duplicate removal for a stage; `threshold` is the similarity above which a row is a duplicate."""
+
+    method: DedupMethod | None = "rouge"
+    threshold: float | None = Field(None, gt=0, le=1, description="default per method: rouge 0.7, minhash 0.8, semantic 0.9")
+    shingle: Literal["word", "char"] = "word"
+    shingle_size: int = Field(3, ge=1)
+    permutations: int = Field(128, ge=8)
+    bands: int = Field(32, ge=1)
+
+
+class EvolConfig(Strict):
+    """Evol-Instruct: rewrite accepted instructions into harder (in-depth) or new same-domain (breadth) ones."""
+
+    enabled: bool = False
+    per_round: int = Field(4, ge=1, description="accepted instructions evolved per round")
+    evolutions: list[Evolution] = Field(default_factory=lambda: ["deepen", "concretize", "constrain", "reasoning", "breadth"],
+                                        min_length=1)
+
+
 class InstructionsConfig(Strict):
     target: int = Field(20, ge=1)
     per_prompt: int = Field(4, ge=1, description="new tasks asked for in one prompt")
@@ -89,22 +116,58 @@ class InstructionsConfig(Strict):
     max_rounds: int = Field(10, ge=1)
     min_words: int = Field(4, ge=1)
     max_words: int = Field(150, ge=1)
+    blacklist: list[str] = Field(default_factory=lambda: ["image", "images", "graph", "graphs", "picture", "pictures",
+                                                          "file", "files", "map", "maps", "draw", "plot", "go to"])
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    evol: EvolConfig = Field(default_factory=EvolConfig)
     llm: LLMOverride | None = None
 
 
 class ResponsesConfig(Strict):
-    per_instruction: int = Field(2, ge=1)
+    per_instruction: int = Field(2, ge=1, description="samples per instruction from each model")
     batch_size: int = Field(64, ge=1)
+    models: list[LLMOverride] = Field(default_factory=list, description="generator models; empty: the stage's llm")
+    principles: list[Literal["helpfulness", "honesty", "truthfulness"]] = Field(
+        default_factory=list, description="UltraFeedback system principles, one drawn per sample; empty: none")
+    dedup: DedupConfig = Field(default_factory=lambda: DedupConfig(method=None))
     llm: LLMOverride | None = None
 
 
 class JudgeConfig(Strict):
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1, description="instructions per batch; all responses of one are judged in one call")
+    aspects: list[Aspect] = Field(default_factory=lambda: ["helpfulness", "honesty", "instruction_following", "truthfulness"],
+                                  min_length=1)
+    both_orders: bool = Field(False, description="judge again in reversed order and average, against position bias")
     llm: LLMOverride | None = None
 
 
 class PairsConfig(Strict):
+    strategy: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = "best_vs_random"
     min_margin: float = Field(0.5, ge=0)
+    format: Literal["string", "messages"] = "string"
+
+
+class GateConfig(Strict):
+    """Each batch is validated against `<suites>/<stage>.json`; a failing batch is quarantined or fails the run."""
+
+    enabled: bool = True
+    suites: str = "expectations"
+    on_failure: OnFailure = "quarantine"
+    stages: dict[str, OnFailure] = Field(default_factory=dict, description="per-stage policy overriding on_failure")
+
+    def policy(self, stage: str) -> OnFailure:
+        return self.stages.get(stage, self.on_failure)
+
+
+class ConstitutionConfig(Strict):
+    """Critique and revision against written principles (Constitutional AI, SL-CAI)."""
+
+    enabled: bool = False
+    file: str = "data/constitution.yaml"
+    rounds: int = Field(2, ge=1)
+    batch_size: int = Field(16, ge=1)
+    confirm_with_judge: bool = Field(False, description="keep a revision pair only if the judge prefers the revision")
+    llm: LLMOverride | None = None
 
 
 class CacheConfig(Strict):
@@ -121,6 +184,8 @@ class PipelineConfig(Strict):
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     pairs: PairsConfig = Field(default_factory=PairsConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    constitution: ConstitutionConfig = Field(default_factory=ConstitutionConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="after")
@@ -131,6 +196,11 @@ class PipelineConfig(Strict):
 
     def llm_for(self, stage: str) -> LLMConfig:
         return self.llm.merged(getattr(self, stage).llm)
+
+    def generators(self) -> list[LLMConfig]:
+        """The response models: each entry of `responses.models` over the responses stage's llm."""
+        base = self.llm_for("responses")
+        return [base.merged(m) for m in self.responses.models] or [base]
 
 
 def _set_dotted(data: dict[str, Any], dotted: str) -> None:

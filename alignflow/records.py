@@ -24,14 +24,35 @@ PROVENANCE = {
 }
 OUTCOME_COLUMNS = {"reason": pl.String, "error": pl.String}
 
-INSTRUCTION = {"id": pl.String, "instruction": pl.String, "source": pl.String, "parent_ids": pl.List(pl.String), "round": pl.Int64}
+ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness", "overall")
+ASPECT_SCORES = pl.Struct({a: pl.Float64 for a in ASPECTS})
+
+INSTRUCTION = {"id": pl.String, "instruction": pl.String, "source": pl.String, "parent_ids": pl.List(pl.String),
+               "round": pl.Int64, "evolution": pl.String, "max_similarity": pl.Float64, "mean_similarity": pl.Float64,
+               "most_similar": pl.List(pl.Struct({"id": pl.String, "score": pl.Float64}))}
 RESPONSE = {"id": pl.String, "instruction_id": pl.String, "instruction": pl.String, "response": pl.String,
-            "sample": pl.Int64, "temperature": pl.Float64}
-JUDGMENT = {"id": pl.String, "response_id": pl.String, "instruction_id": pl.String, "rating": pl.Int64,
-            "rationale": pl.String}
+            "generator": pl.String, "sample": pl.Int64, "principle": pl.String, "temperature": pl.Float64,
+            "max_tokens": pl.Int64}
+# one row per response; an aspect not judged is null; `rating` is the mean of the judged aspects
+JUDGMENT = {"id": pl.String, "response_id": pl.String, "instruction_id": pl.String, "position": pl.Int64,
+            **{a: pl.Float64 for a in ASPECTS}, "rating": pl.Float64, "rating_forward": pl.Float64,
+            "rating_reversed": pl.Float64, "rationales": pl.Struct({a: pl.String for a in ASPECTS})}
 PAIR = {"id": pl.String, "instruction_id": pl.String, "prompt": pl.String, "chosen": pl.String, "rejected": pl.String,
-        "chosen_id": pl.String, "rejected_id": pl.String, "score_chosen": pl.Float64, "score_rejected": pl.Float64,
-        "margin": pl.Float64}
+        "chosen_id": pl.String, "rejected_id": pl.String, "chosen_model": pl.String, "rejected_model": pl.String,
+        "score_chosen": pl.Float64, "score_rejected": pl.Float64, "margin": pl.Float64, "strategy": pl.String,
+        "chosen_scores": ASPECT_SCORES, "rejected_scores": ASPECT_SCORES}
+# Constitutional AI: one row per answer critiqued and revised; `chain` holds every round, a skipped one with no revision
+CHAIN_STEP = pl.Struct({"round": pl.Int64, "principle": pl.String, "critique": pl.String, "revision_needed": pl.Boolean,
+                        "revision": pl.String})
+REVISION = {"id": pl.String, "prompt_id": pl.String, "response_id": pl.String, "prompt": pl.String,
+            "initial": pl.String, "initial_model": pl.String, "revision": pl.String, "changed": pl.Boolean,
+            "rounds_revised": pl.Int64, "principles": pl.List(pl.String), "chain": pl.List(CHAIN_STEP),
+            "constitution": pl.String, "judge_label": pl.Float64}
+# RL-CAI: two answers compared under a principle in both orders; `label` is P(a better than b): 1, 0.5 (a tie) or 0
+CAI_LABEL = {"id": pl.String, "prompt_id": pl.String, "prompt": pl.String, "response_a_id": pl.String,
+             "response_b_id": pl.String, "response_a": pl.String, "response_b": pl.String, "principle": pl.String,
+             "choice_forward": pl.String, "choice_reversed": pl.String, "reason_forward": pl.String,
+             "reason_reversed": pl.String, "label": pl.Float64, "tie": pl.Boolean}
 
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "seeds": INSTRUCTION,
@@ -39,6 +60,8 @@ SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "responses": {**RESPONSE, **PROVENANCE},
     "judgments": {**JUDGMENT, **PROVENANCE},
     "pairs": PAIR,
+    "revisions": {**REVISION, **PROVENANCE},
+    "cai_labels": {**CAI_LABEL, **PROVENANCE},
 }
 
 

@@ -17,5 +17,6 @@ def responses_flow(config: PipelineConfig, run_id: str) -> int:
     futures = [responses_batch.submit(run, n, start, cfg.batch_size)
                for n, start in enumerate(range(0, total, cfg.batch_size))]
     counts = [f.result() for f in futures]
-    run.record_stage("responses", total * cfg.per_instruction)
+    run.record_stage("responses", total * cfg.per_instruction * len(config.generators()),
+                     note="inputs are (instruction, model, sample) requests")
     return sum(c["kept"] for c in counts)

@@ -1,36 +1,63 @@
 import polars as pl
+import pytest
 
 from alignflow.config import parse_config
-from alignflow.exports import dpo, sft
-from alignflow.pairs import make_pairs
+from alignflow.pairs import inputs, make_pairs
 from alignflow.records import frame
 from alignflow.run import Run
 
+RATINGS = {"r00": 5, "r01": 2, "r02": 4, "r10": 3, "r11": 3, "r20": 4, "r21": 3, "r30": 4}
+
 
 def fixtures():
-    responses = frame([
-        {"id": f"r{i}{s}", "instruction_id": f"i{i}", "instruction": f"task {i}", "response": f"answer {i}{s}", "sample": s}
-        for i in range(4) for s in range(2 if i < 3 else 1)
-    ], "responses")
-    ratings = {"r00": 5, "r01": 2, "r10": 3, "r11": 3, "r20": 4, "r21": 3, "r30": 4}
-    judgments = frame([{"id": f"j{k}", "response_id": k, "instruction_id": "i" + k[1], "rating": v}
-                       for k, v in ratings.items()], "judgments")
+    responses = frame([{"id": k, "instruction_id": "i" + k[1], "instruction": f"task {k[1]}", "response": f"answer {k[1:]}",
+                        "model": f"m{k[2]}"} for k in RATINGS], "responses")
+    judgments = frame([{"id": f"j{k}", "response_id": k, "instruction_id": "i" + k[1], "rating": float(v),
+                        "helpfulness": float(v), "honesty": float(v)} for k, v in RATINGS.items()], "judgments")
     return responses, judgments
 
 
-def test_pairs_best_vs_worst_with_reasons(tmp_path):
-    run = Run(parse_config({"store": str(tmp_path), "pairs": {"min_margin": 2}}), "t")
-    responses, judgments = fixtures()
-    assert make_pairs(run, responses, judgments) == {"kept": 1, "rejected": 3}
-    kept = run.read("pairs")
-    assert kept.select("chosen", "rejected", "score_chosen", "score_rejected").row(0) == ("answer 00", "answer 01", 5.0, 2.0)
+def run_with(tmp_path, **pairs):
+    return Run(parse_config({"store": str(tmp_path), "pairs": pairs}), "t")
+
+
+def test_best_vs_worst_with_reasons(tmp_path):
+    run = run_with(tmp_path, strategy="best_vs_worst", min_margin=2)
+    assert make_pairs(run, *fixtures()) == {"kept": 1, "rejected": 3, "failed": 0, "quarantine": 0}
+    kept = run.read("pairs").to_dicts()[0]
+    assert (kept["chosen"], kept["rejected"], kept["score_chosen"], kept["score_rejected"]) == ("answer 00", "answer 01", 5.0, 2.0)
+    assert (kept["chosen_model"], kept["rejected_model"], kept["margin"]) == ("m0", "m1", 3.0)
+    assert kept["chosen_scores"]["helpfulness"] == 5.0 and kept["rejected_scores"]["honesty"] == 2.0
     reasons = dict(run.read("pairs", "rejected").select("instruction_id", "reason").iter_rows())
     assert reasons == {"i1": "tie", "i2": "margin 1 below 2", "i3": "fewer than 2 judged responses"}
-    assert dpo(kept).columns[:5] == ["prompt", "chosen", "rejected", "score_chosen", "score_rejected"]
 
 
-def test_sft_takes_the_best_response_per_instruction():
+def test_best_vs_random_draws_among_lower_ones_reproducibly(tmp_path):
+    drawn = set()
+    for seed in range(12):
+        run = Run(parse_config({"store": str(tmp_path / str(seed)), "seed": seed, "pairs": {"min_margin": 1}}), "t")
+        make_pairs(run, *fixtures())
+        pair = run.read("pairs").filter(pl.col("instruction_id") == "i0").to_dicts()[0]
+        assert pair["chosen_id"] == "r00" and pair["margin"] >= 1
+        drawn.add(pair["rejected_id"])
+        again = Run(run.config, "again")
+        make_pairs(again, *fixtures())
+        assert again.read("pairs")["rejected_id"].to_list() == run.read("pairs")["rejected_id"].to_list()
+    assert drawn == {"r01", "r02"}
+
+
+def test_all_pairs_keep_every_pair_over_the_margin_and_count_their_inputs(tmp_path):
+    run = run_with(tmp_path, strategy="all_pairs", min_margin=1)
     responses, judgments = fixtures()
-    out = sft(responses, judgments).sort("instruction_id")
-    assert out.height == 4
-    assert out["messages"][0].to_list() == [{"role": "user", "content": "task 0"}, {"role": "assistant", "content": "answer 00"}]
+    counts = make_pairs(run, responses, judgments)
+    kept = run.read("pairs")
+    assert sorted(zip(kept["chosen_id"], kept["rejected_id"])) == [("r00", "r01"), ("r00", "r02"), ("r02", "r01"), ("r20", "r21")]
+    assert counts["kept"] + counts["rejected"] == inputs(judgments, "all_pairs") == 3 + 1 + 1 + 1
+
+
+@pytest.mark.parametrize("strategy", ["best_vs_random", "best_vs_worst", "all_pairs"])
+def test_chosen_always_outscores_rejected_by_the_margin(tmp_path, strategy):
+    run = run_with(tmp_path, strategy=strategy, min_margin=0.5)
+    make_pairs(run, *fixtures())
+    kept = run.read("pairs")
+    assert kept.height and (kept["score_chosen"] - kept["score_rejected"] >= 0.5).all()
