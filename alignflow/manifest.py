@@ -7,7 +7,7 @@ import polars as pl
 
 from alignflow.store import OUTCOMES, Store
 
-STAGES = ("seeds", "instructions", "responses", "judgments", "pairs")
+STAGES = ("seeds", "instructions", "responses", "revisions", "judgments", "pairs", "cai_labels")
 
 
 def build(store: Store, run_id: str) -> dict:
@@ -25,6 +25,7 @@ def build(store: Store, run_id: str) -> dict:
                     n = int(df[col].fill_null(0).sum())
                     counts[col] = counts.get(col, 0) + n
                     totals[col] += n
+        counts["quarantined_batches"] = sum(k.endswith(".parquet") for k in store.list(f"{run_id}/{stage}/quarantine/"))
         if store.exists(f"{run_id}/{stage}/stage.json"):
             counts["inputs"] = store.read_json(f"{run_id}/{stage}/stage.json")["inputs"]
         stages[stage] = counts
@@ -43,8 +44,9 @@ def write(store: Store, run_id: str) -> dict:
 
 
 def table(manifest: dict) -> list[list[str]]:
-    rows = [["stage", "inputs", *OUTCOMES, "tokens in", "tokens out"]]
+    rows = [["stage", "inputs", *OUTCOMES, "batches q.", "tokens in", "tokens out"]]
     for stage, counts in manifest["stages"].items():
         rows.append([stage, str(counts.get("inputs", "")), *(str(counts.get(o, 0)) for o in OUTCOMES),
+                     str(counts.get("quarantined_batches", 0)),
                      str(counts.get("input_tokens", 0)), str(counts.get("output_tokens", 0))])
     return rows

@@ -6,13 +6,21 @@ from functools import cached_property
 
 import polars as pl
 
-from alignflow import progress
+from alignflow import gate, progress
 from alignflow.config import PipelineConfig
 from alignflow.llm.cache import RequestCache
 from alignflow.llm.client import LLM
 from alignflow.llm.types import Request, Result
 from alignflow.records import schema_for
-from alignflow.store import Store, batch_key
+from alignflow.store import Store
+
+
+class Written(dict):
+    """Row counts per outcome of one written batch, and the gate's result for it (None when not gated)."""
+
+    def __init__(self, counts: dict[str, int], gate=None):
+        super().__init__(counts)
+        self.gate = gate
 
 
 @dataclass
@@ -40,14 +48,10 @@ class Run:
         with progress.track(label, len(requests)) as bar:
             return llm.generate(requests, on_result=lambda r: bar.advance(label, 1, int(not r.ok)))
 
-    def write_batch(self, stage: str, number: int, **outcomes: pl.DataFrame) -> dict[str, int]:
-        """Write each non-empty outcome of one batch; return the row counts."""
-        counts = {}
-        for outcome, df in outcomes.items():
-            counts[outcome] = df.height
-            if df.height:
-                self.store.write_parquet(batch_key(self.run_id, stage, outcome, number), df)
-        return counts
+    def write_batch(self, stage: str, number: int, **outcomes: pl.DataFrame) -> "Written":
+        """Write one batch through the stage's gate: its outcomes, or all of it to quarantine. Returns row counts."""
+        counts, result = gate.write_batch(self.store, self.run_id, stage, number, outcomes, self.config.gate)
+        return Written(counts, result)
 
     def read(self, stage: str, outcome: str = "kept") -> pl.DataFrame:
         return self.store.read_dir(f"{self.run_id}/{stage}/{outcome}", schema=schema_for(stage))

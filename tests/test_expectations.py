@@ -1,13 +1,32 @@
 import json
+import os
 import shutil
+from pathlib import Path
+
+import pytest
 
 from alignflow.cli import main
-from alignflow.expectations import check_suite
+from alignflow.expectations import DERIVED, check_suite, condition_columns, load_suite
+
+STAGES = ("instructions", "responses", "judgments", "pairs")
 
 
 def test_project_suites_are_valid(capsys):
+    files = sorted(p.name for p in Path("expectations").glob("*.json"))
     assert main(["expectations", "check"]) == 0
-    assert "4 suite file(s) ok" in capsys.readouterr().out
+    assert f"{len(files)} suite file(s) ok: {', '.join(files)}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_suite_checks_the_schema_ids_lengths_or_ratings_and_shares(stage):
+    suite = json.loads(Path(f"expectations/{stage}.json").read_text())
+    kinds = [(e["type"], e["kwargs"].get("column")) for e in suite["expectations"]]
+    assert ("expect_table_columns_to_match_set", None) in kinds
+    assert ("expect_column_values_to_be_of_type", "id") in kinds
+    assert ("expect_column_values_to_be_unique", "id") in kinds
+    assert ("expect_column_values_to_not_be_null", "id") in kinds
+    assert ("expect_column_values_to_be_in_set", "outcome") in kinds  # the failed share
+    assert len(load_suite(Path(f"expectations/{stage}.json")).expectations) == len(suite["expectations"])
 
 
 def test_unknown_type_and_unknown_column_are_named(tmp_path, capsys):
@@ -26,8 +45,51 @@ def test_unknown_type_and_unknown_column_are_named(tmp_path, capsys):
     assert "2 problem(s)" in capsys.readouterr().err
 
 
+def test_columns_in_row_conditions_and_column_sets_are_checked(tmp_path):
+    path = tmp_path / "pairs.json"
+    kept = {"type": "comparison", "column": {"name": "outcom"}, "operator": "==", "parameter": "kept"}
+    query = {"type": "pass_through", "pass_through_filter": "outcome == 'kept' and scor.count() >= 12"}
+    path.write_text(json.dumps({"name": "pairs", "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "chosen", "row_condition": kept}},
+        {"type": "expect_table_row_count_to_equal", "kwargs": {"value": 0, "row_condition": query}},
+        {"type": "expect_table_columns_to_match_set", "kwargs": {"column_set": ["id", "duplicate", "chosn"]}},
+    ]}))
+    problems = check_suite(path)
+    assert len(problems) == 3, problems
+    assert "expectation 1 (expect_column_values_to_not_be_null): column 'outcom'" in problems[0]
+    assert "column 'scor'" in problems[1] and "column 'chosn'" in problems[2]
+
+
+def test_the_derived_columns_are_known():
+    assert set(DERIVED) == {"outcome", "duplicate"}
+    assert condition_columns({"type": "and", "conditions": [
+        {"type": "comparison", "column": {"name": "outcome"}, "operator": "==", "parameter": "kept"},
+        {"type": "nullity", "column": {"name": "reason"}, "is_null": True}]}) == ["outcome", "reason"]
+    assert condition_columns("outcome == 'kept' and index > 2") == ["outcome"]
+
+
+def test_arguments_gx_rejects_are_named(tmp_path):
+    path = tmp_path / "responses.json"
+    path.write_text(json.dumps({"name": "responses", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "sample", "min_value": "low"}}]}))
+    problems = check_suite(path)
+    assert len(problems) == 1 and problems[0].startswith(f"{path}: ")
+
+
 def test_suite_for_an_unknown_stage_and_broken_json(tmp_path):
     (tmp_path / "nonsense.json").write_text("{}")
     (tmp_path / "pairs.json").write_text("{not json")
     assert "no stage named nonsense" in check_suite(tmp_path / "nonsense.json")[0]
     assert "not valid JSON" in check_suite(tmp_path / "pairs.json")[0]
+
+
+def test_an_edited_suite_file_is_loaded_again(tmp_path):
+    path = tmp_path / "pairs.json"
+    suite = json.loads(Path("expectations/pairs.json").read_text())
+    path.write_text(json.dumps(suite))
+    assert load_suite(path) is load_suite(path)  # parsed once
+    before = len(load_suite(path).expectations)
+    suite["expectations"] = suite["expectations"][:3]
+    path.write_text(json.dumps(suite))
+    os.utime(path, ns=(1, 10**18))  # a new modification time even on a coarse clock
+    assert len(load_suite(path).expectations) == 3 != before

@@ -1,5 +1,8 @@
 """End to end: `alignflow run` under a real Prefect server (the test harness) against the loopback LLM server."""
+import asyncio
+import hashlib
 import json
+import time
 
 import polars as pl
 import pytest
@@ -35,9 +38,8 @@ def manifest_of(tmp_path, run_id="r1"):
 
 def assert_adds_up(manifest):
     stages = manifest["stages"]
-    assert stages["responses"]["inputs"] == sum(stages["responses"][o] for o in ("kept", "rejected", "failed"))
-    assert stages["judgments"]["inputs"] == stages["judgments"]["kept"] + stages["judgments"]["failed"]
-    assert stages["pairs"]["inputs"] == stages["pairs"]["kept"] + stages["pairs"]["rejected"]
+    for stage in ("responses", "judgments", "pairs"):
+        assert stages[stage]["inputs"] == sum(stages[stage][o] for o in ("kept", "rejected", "failed", "quarantine"))
     assert stages["instructions"]["kept"] >= 12
 
 
@@ -54,7 +56,8 @@ def test_run_writes_datasets_and_a_manifest_that_adds_up(tmp_path, capsys, provi
     assert {"prompt", "chosen", "rejected", "score_chosen", "score_rejected"} <= set(dpo.columns)
     assert (dpo["score_chosen"] > dpo["score_rejected"]).all()
     assert sft["messages"].list.len().min() == 2
-    assert manifest["datasets"] == {"dpo": dpo.height, "sft": sft.height}
+    kto = pl.read_parquet(tmp_path / "store/r1/datasets/kto.parquet")
+    assert manifest["datasets"] == {"dpo": dpo.height, "sft": sft.height, "kto": kto.height}
     responses = pl.read_parquet(tmp_path / f"store/r1/responses/kept/")
     assert set(responses["model"]) == {"gen-model"} and set(responses["provider"]) == {provider}
     stored = "".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "store").rglob("*") if p.is_file())
@@ -125,3 +128,62 @@ def test_run_on_an_s3_store(s3_server, capsys):
     manifest = store.read_json("s3run/manifest.json")
     assert manifest["datasets"]["dpo"] == store.read_parquet("s3run/datasets/dpo.parquet").height > 0
     assert main(["inspect", f"{url}/s3run"]) == 0
+
+
+def empty_for_some(req, kind):
+    """A provider that returns empty text for every instruction whose text hashes to 0 mod 2."""
+    from llm_server import _last_user_text, _structured_schema
+
+    if _structured_schema(req, kind) is None and req.get("model") == "gen-model":
+        text = _last_user_text(req)
+        return "" if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 2 == 0 else None
+    return None
+
+
+def test_a_bad_batch_is_quarantined_and_never_reaches_later_stages(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    with LLMTestServer(respond=empty_for_some) as server:
+        assert run_cli(server, tmp_path, "--set", "responses.batch_size=1", "--set", "responses.per_instruction=2") == 0
+    manifest = manifest_of(tmp_path)
+    assert_adds_up(manifest)
+    responses = manifest["stages"]["responses"]
+    assert responses["quarantine"] > 0 and responses["quarantined_batches"] > 0 and responses["kept"] > 0
+    store = tmp_path / "store" / "r1"
+    quarantined = pl.read_parquet(store / "responses/quarantine/*.parquet")
+    assert set(quarantined["response"]) == {""}
+    assert len(list((store / "responses/quarantine").glob("*.json"))) == responses["quarantined_batches"]
+    bad = set(quarantined["instruction_id"])
+    for later in ("judgments/kept/", "pairs/kept/", "datasets/dpo.parquet", "datasets/sft.parquet"):
+        assert not bad & set(pl.read_parquet(store / later)["instruction_id"]), later
+    assert pl.read_parquet(store / "datasets/dpo.parquet").height > 0
+
+    numbers = sorted(int(p.stem.split("-")[1]) for p in (store / "responses/quarantine").glob("*.parquet"))
+
+    async def read_back():
+        async with get_client() as client:
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"gate-responses-{n}" for n in numbers])))
+            events = await client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=["alignflow.batch.quarantined"]),
+                resource=EventResourceFilter(id=["alignflow.run.r1.responses"])), limit=50)
+            return artifacts, events.events
+
+    deadline = time.monotonic() + 60
+    while True:  # events reach the server asynchronously
+        artifacts, events = asyncio.run(read_back())
+        if len({a.key for a in artifacts}) == len(numbers) and len(events) >= min(len(numbers), 50) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert {a.key for a in artifacts} == {f"gate-responses-{n}" for n in numbers}
+    assert len(events) >= min(len(numbers), 50)  # the events API returns at most 50 a page
+
+
+def test_on_failure_fail_fails_the_run_naming_the_expectation(tmp_path, capsys):
+    with LLMTestServer(respond=empty_for_some) as server:
+        code = run_cli(server, tmp_path, "--set", "responses.batch_size=1", "--set", "gate.stages={responses: fail}")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "expect_column_values_to_be_in_set" in err and "responses/" in err
