@@ -1,4 +1,5 @@
-"""The whole pipeline, top to bottom like the diagram: seeds → instructions → responses → judge → pairs → datasets."""
+"""The whole pipeline, top to bottom like the diagram:
+seeds → instructions → responses → (constitution) → judge → pairs → datasets. Every batch passes its gate."""
 from __future__ import annotations
 
 import uuid
@@ -7,9 +8,11 @@ from prefect import flow
 
 from alignflow.config import PipelineConfig
 from alignflow.run import Run
+from flows.constitution import constitution_flow
 from flows.instructions import instructions_flow
 from flows.preferences import judge_flow, pairs_flow
 from flows.responses import responses_flow
+from tasks.gate import final_state
 from tasks.stages import write_datasets, write_manifest
 
 
@@ -23,7 +26,9 @@ def pipeline(config: PipelineConfig, run_id: str | None = None) -> dict:
     run = Run(config, run_id or new_run_id())
     instructions_flow(config, run.run_id)
     responses_flow(config, run.run_id)
+    if config.constitution.enabled:
+        constitution_flow(config, run.run_id)
     judge_flow(config, run.run_id)
     pairs_flow(config, run.run_id)
     write_datasets(run)
-    return write_manifest(run)
+    return final_state(run.store, run.run_id, write_manifest(run))  # Completed, naming any quarantined batch
