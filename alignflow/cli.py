@@ -2,26 +2,30 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import time
 
+from alignflow.commands import fail as _fail
 from alignflow.config import ConfigError, PipelineConfig, load_config
+from alignflow.constitution import ConstitutionError
 from alignflow.seeds import SeedError, load_seeds
 
-EXIT_USER_ERROR = 2
-
-
-def _fail(message: str, code: int = EXIT_USER_ERROR) -> int:
-    print(f"alignflow: {message}", file=sys.stderr)
-    return code
+COMMAND_GROUPS = ("dedup", "export", "quarantine", "constitution", "agreement")
 
 
 def _preflight(config: PipelineConfig) -> None:
     """Catch what would fail minutes later: unreadable seeds, a missing API key."""
     load_seeds(config.seeds)
-    for stage in ("instructions", "responses", "judge"):
-        config.llm_for(stage).api_key()
+    llms = [config.llm_for("instructions"), *config.generators(), config.llm_for("judge")]
+    if config.constitution.enabled:
+        from alignflow.constitution import load_constitution
+
+        load_constitution(config.constitution.file).check_rounds(config.constitution.rounds)
+        llms.append(config.llm_for("constitution"))
+    for llm in llms:
+        llm.api_key()
 
 
 class RichProgress:
@@ -45,6 +49,11 @@ class RichProgress:
         self._progress.stop()
 
     def start(self, stage: str, total: int) -> None:
+        """Concurrent batches of one stage share its bar: each adds its rows to the total."""
+        if stage in self._tasks:
+            task, _ = self._tasks[stage]
+            self._progress.update(task, total=self._progress.tasks[task].total + total)
+            return
         task = self._progress.add_task(stage, total=total, rate="-", failed=0)
         self._tasks[stage] = (task, time.perf_counter())
         self._done[stage] = self._failed[stage] = 0
@@ -64,7 +73,7 @@ def cmd_run(args) -> int:
     try:
         config = load_config(args.config, args.set)
         _preflight(config)
-    except (ConfigError, SeedError) as exc:
+    except (ConfigError, SeedError, ConstitutionError) as exc:
         return _fail(str(exc))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
@@ -105,7 +114,7 @@ def _print_summary(manifest: dict) -> None:
     for row in rows[1:]:
         out.add_row(*row)
     console = Console()
-    console.width = max(console.width, 100)  # the table fits when output goes to a file or a narrow pipe
+    console.width = max(console.width, 120)  # the table fits when output goes to a file or a narrow pipe
     console.print(out)
     tokens = manifest["tokens"]
     print(f"tokens: {tokens['input_tokens']} in, {tokens['output_tokens']} out")
@@ -155,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
     check = exp_sub.add_parser("check", help="check every suite file: parses, known expectation types, real columns")
     check.add_argument("--dir", default="expectations")
     check.set_defaults(func=cmd_expectations_check)
+    for group in COMMAND_GROUPS:
+        importlib.import_module(f"alignflow.commands.{group}").register(sub)
     return p
 
 
