@@ -51,7 +51,8 @@ def run_pipeline(server, tmp_path, *extra, run_id="p1"):
                  "--set", f"llm.base_url={server.openai_base_url}", "--set", "llm.model=gen-model",
                  "--set", "instructions.target=10",
                  "--set", "instructions.per_prompt=3", "--set", "llm.max_concurrency=16", "--set", f"responses.models={models}",
-                 "--set", "responses.per_instruction=2", "--set", "judge.llm.provider=anthropic",
+                 "--set", "responses.per_instruction=2", "--set", f"judge.aspects={json.dumps(ASPECTS)}",
+                 "--set", "judge.llm.provider=anthropic",
                  "--set", f"judge.llm.base_url={server.url}", "--set", "judge.llm.model=judge-model",
                  "--set", "judge.llm.structured_retries=1", "--set", "pairs.min_margin=2", "--run-id", run_id, *extra])
 
