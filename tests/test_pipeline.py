@@ -187,3 +187,15 @@ def test_on_failure_fail_fails_the_run_naming_the_expectation(tmp_path, capsys):
     assert code == 1
     err = capsys.readouterr().err
     assert "expect_column_values_to_be_in_set" in err and "responses/" in err
+
+
+def test_the_constitution_stage_runs_in_the_pipeline_and_is_gated(tmp_path):
+    with LLMTestServer() as server:
+        assert run_cli(server, tmp_path, "--set", "constitution.enabled=true") == 0
+    manifest = manifest_of(tmp_path)
+    revisions = manifest["stages"]["revisions"]
+    assert revisions["inputs"] == sum(revisions[o] for o in ("kept", "rejected", "failed", "quarantine")) > 0
+    assert revisions["kept"] > 0
+    assert manifest["datasets"]["cai_sft"] == manifest["datasets"]["cai_dpo"] == revisions["kept"]
+    store = tmp_path / "store" / "r1"
+    assert list((store / "revisions/kept").glob("*.parquet"))
