@@ -199,3 +199,26 @@ def test_the_constitution_stage_runs_in_the_pipeline_and_is_gated(tmp_path):
     assert manifest["datasets"]["cai_sft"] == manifest["datasets"]["cai_dpo"] == revisions["kept"]
     store = tmp_path / "store" / "r1"
     assert list((store / "revisions/kept").glob("*.parquet"))
+
+
+def judge_says_three(req, kind):
+    """A judge that rates everything 3: a broken batch as a whole, though every row is valid."""
+    if req.get("model") == "judge-model":
+        from llm_server import _structured_schema
+
+        schema, _ = _structured_schema(req, kind)
+        count = schema["properties"]["ratings"]["minItems"]
+        return {"ratings": [{"rationale": "fine", "rating": 3}] * count}
+    return None
+
+
+def test_a_judge_rating_everything_the_same_is_quarantined(tmp_path):
+    with LLMTestServer(respond=judge_says_three) as server:
+        assert run_cli(server, tmp_path, "--set", "judge.batch_size=8", "--set", "responses.per_instruction=2") == 0
+    manifest = manifest_of(tmp_path)
+    assert_adds_up(manifest)
+    judgments = manifest["stages"]["judgments"]
+    assert judgments["kept"] == 0 and judgments["quarantine"] == judgments["inputs"] > 0
+    report = json.loads(next((tmp_path / "store/r1/judgments/quarantine").glob("*.json")).read_text())
+    assert "rating" in json.dumps(report["gate"])
+    assert manifest["datasets"]["dpo"] == manifest["datasets"]["sft"] == 0
