@@ -222,3 +222,44 @@ def test_a_judge_rating_everything_the_same_is_quarantined(tmp_path):
     report = json.loads(next((tmp_path / "store/r1/judgments/quarantine").glob("*.json")).read_text())
     assert "rating" in json.dumps(report["gate"])
     assert manifest["datasets"]["dpo"] == manifest["datasets"]["sft"] == 0
+
+
+def mostly_failing(req, kind):
+    """Three generation requests in four fail with an HTTP 500 (a responder error becomes one)."""
+    from llm_server import _last_user_text, _structured_schema
+
+    if _structured_schema(req, kind) is None:
+        text = _last_user_text(req) + str(req.get("seed"))
+        if int(hashlib.sha256(text.encode()).hexdigest(), 16) % 4:
+            raise RuntimeError("provider down")
+    return None
+
+
+def test_a_failure_share_above_the_threshold_is_quarantined(tmp_path):
+    with LLMTestServer(respond=mostly_failing) as server:
+        assert run_cli(server, tmp_path, "--set", "responses.llm.max_retries=0",
+                       "--set", "responses.batch_size=8") == 0
+    manifest = manifest_of(tmp_path)
+    assert_adds_up(manifest)
+    responses = manifest["stages"]["responses"]
+    assert responses["quarantined_batches"] > 0 and responses["failed"] == 0
+    quarantined = pl.read_parquet(tmp_path / "store/r1/responses/quarantine/*.parquet")
+    assert (quarantined["outcome"] == "failed").mean() > 0.5
+
+
+def test_a_released_batch_moves_on_when_the_run_is_resumed(tmp_path, capsys):
+    with LLMTestServer(respond=empty_for_some) as server:
+        assert run_cli(server, tmp_path, "--set", "responses.batch_size=1") == 0
+        before = manifest_of(tmp_path)["stages"]["responses"]
+        run_dir = str(tmp_path / "store" / "r1")
+        batch = sorted((tmp_path / "store/r1/responses/quarantine").glob("*.parquet"))[0].stem
+        assert main(["quarantine", "release", run_dir, f"responses/{batch}", "--reason", "empty answers are expected here"]) == 0
+        assert run_cli(server, tmp_path, "--set", "responses.batch_size=1") == 0
+    after = manifest_of(tmp_path)["stages"]["responses"]
+    assert after["quarantined_batches"] == before["quarantined_batches"] - 1
+    assert after["quarantine"] < before["quarantine"] and after["rejected"] > before["rejected"]
+    decisions = json.loads((tmp_path / "store/r1/quarantine.json").read_text())["decisions"]
+    assert decisions[0]["action"] == "release" and decisions[0]["reason"] == "empty answers are expected here"
+    capsys.readouterr()
+    assert main(["quarantine", "list", run_dir]) == 0
+    assert "released" in capsys.readouterr().out
