@@ -263,3 +263,21 @@ def test_a_released_batch_moves_on_when_the_run_is_resumed(tmp_path, capsys):
     capsys.readouterr()
     assert main(["quarantine", "list", run_dir]) == 0
     assert "released" in capsys.readouterr().out
+
+
+def test_a_tighter_suite_file_quarantines_batches_that_passed(tmp_path):
+    import shutil
+
+    suites = tmp_path / "suites"
+    shutil.copytree("expectations", suites)
+    suite = json.loads((suites / "responses.json").read_text())
+    for expectation in suite["expectations"]:
+        if expectation["type"] == "expect_column_value_lengths_to_be_between":
+            expectation["kwargs"]["max_value"] = 40  # the test server's answers are longer
+    (suites / "responses.json").write_text(json.dumps(suite))
+    with LLMTestServer() as server:
+        assert run_cli(server, tmp_path) == 0
+        assert manifest_of(tmp_path)["stages"]["responses"]["quarantine"] == 0
+        assert run_cli(server, tmp_path, "--set", f"gate.suites={suites}", run_id="r2") == 0
+    responses = manifest_of(tmp_path, "r2")["stages"]["responses"]
+    assert responses["kept"] == 0 and responses["quarantine"] == responses["inputs"]
