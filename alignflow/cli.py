@@ -77,6 +77,7 @@ def cmd_run(args) -> int:
         return _fail(str(exc))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
+    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: library bars would garble ours
     from rich.console import Console
 
     from alignflow import progress
