@@ -58,9 +58,7 @@ class ExportError(Exception):
 
 def read_stage(store: Store, run_id: str, stage: str) -> pl.DataFrame:
     """A stage's kept rows with every column of its schema, even when older batches lack some."""
-    schema = schema_for(stage)
-    df = store.read_dir(f"{run_id}/{stage}/kept", schema=schema)
-    return df.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in schema.items() if name not in df.columns)
+    return store.read_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
 
 
 def _as_turn(column: str, role: str, pairs_format: PairsFormat) -> pl.Expr:

@@ -210,12 +210,15 @@ class Store:
     def read_dir(self, key_prefix: str, schema: dict | None = None) -> pl.DataFrame:
         """All ``*.parquet`` directly under ``key_prefix``, concatenated in name order.
 
-        Empty (with ``schema`` if given) when there are none.
+        With ``schema``, every column of it is there (null where older batches lack it), and the result is
+        empty with that schema when there are no files.
         """
         keys = [k for k in self._backend.list_dir(_dir_prefix(key_prefix)) if k.endswith(".parquet")]
         if not keys:
             return pl.DataFrame(schema=schema)
-        return pl.concat([self.read_parquet(k) for k in keys], how="diagonal_relaxed")
+        df = pl.concat([self.read_parquet(k) for k in keys], how="diagonal_relaxed")
+        missing = {name: dtype for name, dtype in (schema or {}).items() if name not in df.columns}
+        return df.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in missing.items()) if missing else df
 
     def write_json(self, key: str, obj: Any) -> None:
         """Write ``obj`` as JSON (indent 2, sorted keys) atomically."""
