@@ -9,17 +9,19 @@ import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import polars as pl
 from pydantic import BaseModel, Field
 
 from alignflow.constitution import Constitution, Principle
 from alignflow.llm.client import LLM
-from alignflow.llm.types import Result
 from alignflow.prompts import load
-from alignflow.records import frame, provenance, stable_id
-from alignflow.run import Run, Written
+from alignflow.records import stable_id
+from alignflow.step import Answer, Batch, BatchRef, Job, Outcomes, Step, slices
+
+if TYPE_CHECKING:
+    from alignflow.run import Run
 
 STAGE = "cai_labels"
 PAIR_INPUT = {"prompt_id": pl.String, "prompt": pl.String, "a_id": pl.String, "a": pl.String, "b_id": pl.String,
@@ -37,24 +39,18 @@ class Choice(BaseModel):
 
 @dataclass
 class Verdict:
-    """Both orders' choices for one pair, mapped back to "a" / "b", and the calls' combined result."""
+    """Both orders' choices for one pair, mapped back to "a" / "b"; `label` is None when a call failed."""
 
-    result: Result
+    answers: tuple[Answer, Answer]
     label: float | None = None
     choice_forward: str | None = None
     choice_reversed: str | None = None
     reason_forward: str | None = None
     reason_reversed: str | None = None
 
-
-def combined(results: list[Result]) -> Result:
-    """Several calls made for one row as one result: summed cost, the first failure's error and raw output."""
-    failed = next((r for r in results if not r.ok), None)
-    last = failed or results[-1]
-    return Result(ok=failed is None, text=last.text, error=failed.error if failed else None,
-                  finish_reason=last.finish_reason, input_tokens=sum(r.input_tokens for r in results),
-                  output_tokens=sum(r.output_tokens for r in results), latency_s=sum(r.latency_s for r in results),
-                  attempts=sum(r.attempts for r in results), cached=all(r.cached for r in results))
+    @property
+    def ok(self) -> bool:
+        return all(a.result.ok for a in self.answers)
 
 
 def soft_label(forward: Choice, reversed_: Choice) -> float:
@@ -62,39 +58,45 @@ def soft_label(forward: Choice, reversed_: Choice) -> float:
     return ((forward.choice == "A") + (reversed_.choice == "B")) / 2
 
 
-def judge_pairs(run: Run, llm: LLM, items: list[tuple[str, str, str, Principle]], label: str) -> list[Verdict]:
-    """(prompt, a, b, principle) → a Verdict each; both orders of every pair go out in one batch."""
+def choice_jobs(llm: LLM, items: list[tuple[str, str, str, Principle]], data: list) -> list[Job]:
+    """(prompt, a, b, principle) → two jobs each, forward then reversed; `data` tags each item's pair of jobs."""
     template = load("cai_choose")
-    requests = []
-    for prompt, a, b, principle in items:
-        for first, second in ((a, b), (b, a)):
+    jobs = []
+    for (prompt, a, b, principle), tag in zip(items, data):
+        for label, (first, second) in (("forward", (a, b)), ("reversed", (b, a))):
             text = template.render(prompt=prompt, response_a=first, response_b=second,
                                    question=principle.choice_question)
-            requests.append(llm.request([{"role": "user", "content": text}], schema=Choice, temperature=0.0,
-                                        max_tokens=min(llm.config.max_tokens, 384)))
-    results = run.generate(llm, requests, label)
-    verdicts = []
-    for forward, reversed_ in zip(results[::2], results[1::2]):
-        verdict = Verdict(result=combined([forward, reversed_]))
-        if verdict.result.ok:
-            verdict.label = soft_label(forward.parsed, reversed_.parsed)
-            verdict.choice_forward = "a" if forward.parsed.choice == "A" else "b"
-            verdict.choice_reversed = "a" if reversed_.parsed.choice == "B" else "b"
-            verdict.reason_forward, verdict.reason_reversed = forward.parsed.reason, reversed_.parsed.reason
-        verdicts.append(verdict)
-    return verdicts
+            request = llm.request([{"role": "user", "content": text}], schema=Choice, temperature=0.0,
+                                  max_tokens=min(llm.config.max_tokens, 384))
+            jobs.append(Job(llm, request, template, label=f"choice {label}", data=tag))
+    return jobs
 
 
-def pairs_from_run(run: Run) -> pl.DataFrame:
+def verdict(forward: Answer, reversed_: Answer) -> Verdict:
+    found = Verdict(answers=(forward, reversed_))
+    if found.ok:
+        f, r = forward.result.parsed, reversed_.result.parsed
+        found.label = soft_label(f, r)
+        found.choice_forward = "a" if f.choice == "A" else "b"
+        found.choice_reversed = "a" if r.choice == "B" else "b"
+        found.reason_forward, found.reason_reversed = f.reason, r.reason
+    return found
+
+
+def pairs_of(responses: pl.DataFrame) -> pl.DataFrame:
     """Every two kept responses to the same instruction, in id order."""
     rows = []
-    for _, group in run.read("responses").sort("id").group_by("instruction_id", maintain_order=True):
+    for _, group in responses.sort("id").group_by("instruction_id", maintain_order=True):
         for a, b in itertools.combinations(group.to_dicts(), 2):
             rows.append({"prompt_id": a["instruction_id"], "prompt": a["instruction"], "a_id": a["id"],
                          "a": a["response"], "b_id": b["id"], "b": b["response"]})
-    if not rows:
-        raise PairsError(f"run {run.run_id} has no instruction with two kept responses in {run.store.url}")
     return pl.DataFrame(rows, schema=PAIR_INPUT)
+
+
+def check_run(run: "Run") -> None:
+    """A PairsError unless the run has an instruction with two kept responses to compare."""
+    if pairs_of(run.read("responses")).is_empty():
+        raise PairsError(f"run {run.run_id} has no instruction with two kept responses in {run.store.url}")
 
 
 def pairs_from_file(path: str | Path) -> pl.DataFrame:
@@ -130,34 +132,63 @@ def _is_prompt_with_responses(record: object) -> bool:
         all(isinstance(r, str) for r in record["responses"])
 
 
-def label_batch(run: Run, number: int, pairs: pl.DataFrame, constitution: Constitution) -> Written:
-    """Every pair becomes one kept row (its soft label, a tie included) or one failed row."""
-    llm = run.llm("judge")
-    rows = pairs.to_dicts()
-    ids = [stable_id(STAGE, p["a_id"], p["b_id"], llm.provider, llm.model, constitution.name) for p in rows]
-    principles = [constitution.draw(f"{run.config.seed}:{pair_id}", 1)[0] for pair_id in ids]
-    verdicts = judge_pairs(run, llm, [(p["prompt"], p["a"], p["b"], pr) for p, pr in zip(rows, principles)], STAGE)
-    template = load("cai_choose")
-    kept, failed = [], []
-    for pair_id, pair, principle, verdict in zip(ids, rows, principles, verdicts):
-        row = {"id": pair_id, "prompt_id": pair["prompt_id"], "prompt": pair["prompt"], "response_a_id": pair["a_id"],
-               "response_b_id": pair["b_id"], "response_a": pair["a"], "response_b": pair["b"],
-               "principle": principle.name, "choice_forward": verdict.choice_forward,
-               "choice_reversed": verdict.choice_reversed, "reason_forward": verdict.reason_forward,
-               "reason_reversed": verdict.reason_reversed, "label": verdict.label,
-               "tie": None if verdict.label is None else verdict.label == 0.5,
-               **provenance(llm.provider, llm.model, template.name, template.version, verdict.result)}
-        if verdict.result.ok:
-            kept.append(row)
+class CaiLabels(Step):
+    """Batch `n` labels every two kept answers of responses batch `n`, or a slice of a pairs file."""
+
+    stage = STAGE
+    templates = ("cai_choose",)
+
+    def __init__(self, run: "Run", constitution: Constitution, pairs: str | None = None):
+        super().__init__(run)
+        self.constitution, self.pairs_file = constitution, pairs
+
+    def settings(self) -> dict:
+        return {"constitution": self.constitution.fingerprint(), "llm": self.llm_settings(self.config.llm_for("judge"))}
+
+    def refs(self) -> list[BatchRef]:
+        if self.pairs_file:
+            return slices(0, None, pairs_from_file(self.pairs_file).height, self.config.constitution.batch_size)
+        return [BatchRef(r["number"], r["number"]) for r in self.run.checkpoints("responses")]
+
+    def load(self, ref: BatchRef) -> Batch:
+        if self.pairs_file:
+            items = pairs_from_file(self.pairs_file).slice(ref.start, ref.stop - ref.start)
         else:
-            failed.append({**row, "error": verdict.result.error})
-    return run.write_batch(STAGE, number, kept=frame(kept, STAGE), failed=frame(failed, STAGE))
+            items = pairs_of(self.run.read_batch("responses", ref.source))
+        return self.batch_of(ref, items)
+
+    def jobs(self, batch: Batch) -> list[Job]:
+        llm = self.run.llm("judge")
+        rows = batch.inputs.to_dicts()
+        ids = [stable_id(STAGE, p["a_id"], p["b_id"], llm.provider, llm.model, self.constitution.name) for p in rows]
+        principles = [self.constitution.draw(f"{self.run.seed}:{pair_id}", 1)[0] for pair_id in ids]
+        batch.state = list(zip(ids, rows, principles))
+        return choice_jobs(llm, [(p["prompt"], p["a"], p["b"], pr) for p, pr in zip(rows, principles)],
+                           list(range(len(rows))))
+
+    def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
+        """Every pair becomes one kept row (its soft label, a tie included) or one failed row."""
+        out = Outcomes()
+        for (pair_id, pair, principle), (forward, reversed_) in zip(batch.state, zip(answered[::2], answered[1::2])):
+            found = verdict(forward, reversed_)
+            row = {"id": pair_id, "prompt_id": pair["prompt_id"], "prompt": pair["prompt"], "response_a_id": pair["a_id"],
+                   "response_b_id": pair["b_id"], "response_a": pair["a"], "response_b": pair["b"],
+                   "principle": principle.name, "choice_forward": found.choice_forward,
+                   "choice_reversed": found.choice_reversed, "reason_forward": found.reason_forward,
+                   "reason_reversed": found.reason_reversed, "label": found.label,
+                   "tie": None if found.label is None else found.label == 0.5}
+            if found.ok:
+                out.keep(row, forward, reversed_)
+            else:
+                out.fail(row, forward, reversed_)
+        return out
 
 
 def dpo(labels: pl.DataFrame) -> pl.DataFrame:
-    """DPO rows with the preferred answer as `chosen` and `label` = P(chosen better than rejected): 1, or 0.5 for a tie."""
-    a_wins = pl.col("label") >= 0.5
-    return labels.select(
+    """DPO rows with the preferred answer as `chosen`; a tie (label 0.5: the two orders disagreed) says nothing
+    about which is better, so it is no DPO pair and is left out."""
+    a_wins = pl.col("label") > 0.5
+    return labels.filter(pl.col("label") != 0.5).select(
         "prompt",
         pl.when(a_wins).then("response_a").otherwise("response_b").alias("chosen"),
         pl.when(a_wins).then("response_b").otherwise("response_a").alias("rejected"),
@@ -169,7 +200,7 @@ def dpo(labels: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def write_dataset(run: Run) -> int:
+def write_dataset(run: "Run") -> int:
     labels = dpo(run.read(STAGE))
     run.store.write_parquet(f"{run.run_id}/datasets/cai_labels.parquet", labels)
     return labels.height

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 import time
 
@@ -16,8 +15,12 @@ COMMAND_GROUPS = ("dedup", "export", "quarantine", "constitution", "agreement")
 
 
 def _preflight(config: PipelineConfig) -> None:
-    """Catch what would fail minutes later: unreadable seeds, a missing API key."""
+    """Catch what would fail minutes later: unreadable seeds, a missing or broken suite, a missing API key."""
     load_seeds(config.seeds)
+    if config.gate.enabled:
+        from alignflow.expectations import require_suites
+
+        require_suites(config.gate.suites)
     llms = [config.llm_for("instructions"), *config.generators(), config.llm_for("judge")]
     if config.constitution.enabled:
         from alignflow.constitution import load_constitution
@@ -69,36 +72,46 @@ class RichProgress:
         pass
 
 
+EXIT_EMPTY = 3  # the run finished, but a dataset it was asked for has no rows
+
+
 def cmd_run(args) -> int:
+    from alignflow.expectations import SuiteError
+
     try:
         config = load_config(args.config, args.set)
         _preflight(config)
-    except (ConfigError, SeedError, ConstitutionError) as exc:
+    except (ConfigError, SeedError, ConstitutionError, SuiteError) as exc:
         return _fail(str(exc))
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
-    os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported: library bars would garble ours
     from rich.console import Console
 
-    from alignflow import progress
-    from flows.pipeline import new_run_id, pipeline
+    from alignflow import launch, progress
+    from alignflow.run import new_run_id
 
     run_id = args.run_id or new_run_id()
-    console = Console(stderr=True)
-    with RichProgress(console) as sink:
+    with RichProgress(Console(stderr=True)) as sink:
         progress.set_sink(sink)
         try:
-            manifest = pipeline(config, run_id)
+            manifest = launch.launcher().pipeline(config, run_id)
         except Exception as exc:  # the flow run's own error, already logged by Prefect
             return _fail(f"run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
         finally:
             progress.set_sink(None)
     _print_summary(manifest)
+    from alignflow.manifest import why_empty
     from alignflow.store import Store
 
     run_dir = Store(config.store).join(run_id)
     print(f"datasets: {run_dir}/datasets/ ({', '.join(f'{k}: {v} rows' for k, v in manifest['datasets'].items())})")
+    target = manifest.get("target") or {}
+    if target and not target["reached"]:
+        print(f"alignflow: target not reached: {target['made']:,} of {target['rows']:,} {target['dataset']} rows "
+              f"({target['stopped_by']})", file=sys.stderr)
     print(run_dir)
+    asked = ["dpo", "sft", "kto", *(["cai_sft", "cai_dpo"] if config.constitution.enabled else [])]
+    empty = [name for name in asked if not manifest["datasets"].get(name)]
+    if empty:
+        return _fail(f"run {run_id} made no {empty[0]} rows: {why_empty(manifest, empty[0])}", EXIT_EMPTY)
     return 0
 
 
@@ -133,11 +146,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_expectations_check(args) -> int:
-    from pathlib import Path
 
-    from alignflow.expectations import check_dir
+    from alignflow.expectations import check_dir, suite_dir
 
-    directory = Path(args.dir)
+    directory = suite_dir(args.dir)
     if not directory.is_dir():
         return _fail(f"no expectations directory at {directory}")
     files, problems = check_dir(directory)
@@ -155,7 +167,7 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline on a config")
     run.add_argument("config")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    run.add_argument("--run-id", help="reuse a run id to resume: known answers come from the request cache")
+    run.add_argument("--run-id", help="name the run; an existing run's id resumes it from its store")
     run.set_defaults(func=cmd_run)
     inspect = sub.add_parser("inspect", help="show a run's manifest as a table")
     inspect.add_argument("run_dir")
@@ -163,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
     expectations = sub.add_parser("expectations", help="work with the data-quality expectation suites")
     exp_sub = expectations.add_subparsers(dest="action", required=True)
     check = exp_sub.add_parser("check", help="check every suite file: parses, known expectation types, real columns")
-    check.add_argument("--dir", default="expectations")
+    check.add_argument("--dir", help="a directory of suite files (default: the suites alignflow ships)")
     check.set_defaults(func=cmd_expectations_check)
     for group in COMMAND_GROUPS:
         importlib.import_module(f"alignflow.commands.{group}").register(sub)

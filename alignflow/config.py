@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -107,13 +107,32 @@ class EvolConfig(Strict):
                                         min_length=1)
 
 
+class DatasetTarget(Strict):
+    """Run until this many rows of a final dataset have passed every gate."""
+
+    dataset: Literal["instructions", "dpo", "sft"]
+    rows: int = Field(ge=1)
+
+
 class InstructionsConfig(Strict):
-    target: int = Field(20, ge=1)
+    target: Annotated[int, Field(ge=1)] | DatasetTarget = Field(
+        20, description="kept instructions to make, or {dataset: dpo, rows: N}: rows of a final dataset")
+    max_tokens: int | None = Field(None, ge=1, description="a budget: no new round once the run has used this many "
+                                                           "tokens (all stages)")
     per_prompt: int = Field(4, ge=1, description="new tasks asked for in one prompt")
-    prompts_per_round: int = Field(4, ge=1)
+    prompts_per_round: int | None = Field(None, ge=1, description="prompts per round; default: the stage's "
+                                                                 "max_concurrency, so a round fills it")
     shown: int = Field(8, ge=1, description="in-context tasks shown per prompt")
     shown_machine: int = Field(2, ge=0, description="of those, taken from the machine pool once it has them")
     max_rounds: int = Field(10, ge=1)
+
+    @property
+    def target_rows(self) -> int:
+        return self.target if isinstance(self.target, int) else self.target.rows
+
+    @property
+    def target_dataset(self) -> str:
+        return "instructions" if isinstance(self.target, int) else self.target.dataset
     min_words: int = Field(4, ge=1)
     max_words: int = Field(150, ge=1)
     blacklist: list[str] = Field(default_factory=lambda: ["image", "images", "graph", "graphs", "picture", "pictures",
@@ -125,7 +144,8 @@ class InstructionsConfig(Strict):
 
 class ResponsesConfig(Strict):
     per_instruction: int = Field(2, ge=1, description="samples per instruction from each model")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="instructions per batch; a batch goes on through judging and "
+                                                  "pairs as soon as it passes its gate")
     models: list[LLMOverride] = Field(default_factory=list, description="generator models; empty: the stage's llm")
     principles: list[Literal["helpfulness", "honesty", "truthfulness"]] = Field(
         default_factory=list, description="UltraFeedback system principles, one drawn per sample; empty: none")
@@ -134,7 +154,6 @@ class ResponsesConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    batch_size: int = Field(16, ge=1, description="instructions per batch; all responses of one are judged in one call")
     aspects: list[Aspect] = Field(default_factory=lambda: ["helpfulness", "honesty", "instruction_following", "truthfulness"],
                                   min_length=1)
     both_orders: bool = Field(False, description="judge again in reversed order and average, against position bias")
@@ -147,13 +166,17 @@ class PairsConfig(Strict):
     format: Literal["string", "messages"] = "string"
 
 
+GatedStage = Literal["instructions", "responses", "judgments", "pairs", "revisions", "cai_labels"]
+
+
 class GateConfig(Strict):
     """Each batch is validated against `<suites>/<stage>.json`; a failing batch is quarantined or fails the run."""
 
     enabled: bool = True
-    suites: str = "expectations"
+    suites: str | None = Field(None, description="a directory of suite files; default: the suites alignflow ships")
     on_failure: OnFailure = "quarantine"
-    stages: dict[str, OnFailure] = Field(default_factory=dict, description="per-stage policy overriding on_failure")
+    stages: dict[GatedStage, OnFailure] = Field(default_factory=dict,
+                                                description="per-stage policy overriding on_failure")
 
     def policy(self, stage: str) -> OnFailure:
         return self.stages.get(stage, self.on_failure)
@@ -178,7 +201,9 @@ class CacheConfig(Strict):
 class PipelineConfig(Strict):
     store: str = "./runs"
     seeds: str = "data/seed_tasks.jsonl"
-    seed: int = 0
+    seed: int | None = Field(None, description="sampling seed; default: derived from the run id, so every run "
+                                               "draws new samples. Set it to repeat a run's requests (and, with the "
+                                               "request cache, reuse their answers across run ids)")
     llm: LLMConfig = Field(default_factory=LLMConfig)
     instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
@@ -219,13 +244,21 @@ def _set_dotted(data: dict[str, Any], dotted: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
 
 
+_UNION_TAGS = {"int", "constrained-int", "float", "str", "bool", "dict", "list"}
+
+
 def _describe(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "config"
+    """The first error as `key.path: message`. For a key that takes one of several shapes (`target`: a number or
+    a mapping), a shape the value does not have is not what went wrong, so its error is passed over."""
+    errors = err.errors()
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    loc = [str(p) for p in first["loc"]
+           if p != "[key]" and not (isinstance(p, str) and (p in _UNION_TAGS or p[:1].isupper()))]
+    where = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"
     msg = first["msg"].removeprefix("Value error, ")
-    return f"{where}: {msg}" if first["loc"] else msg
+    return f"{where}: {msg}" if loc else msg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:

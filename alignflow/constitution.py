@@ -77,6 +77,10 @@ class Constitution:
             drawn.append(left.pop(pick))
         return drawn
 
+    def fingerprint(self) -> list:
+        """What the constitution says, for the keys of the batches made under it."""
+        return [self.name, [p.model_dump() for p in self.principles]]
+
     def get(self, name: str) -> Principle:
         return next(p for p in self.principles if p.name == name)
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from alignflow.records import SCHEMAS, schema_for
 
-SUITE_DIR = Path("expectations")
+SUITE_DIR = Path(__file__).parent / "suites"  # shipped in the package: workers need no project checkout
+GATED = ("instructions", "responses", "judgments", "pairs", "revisions", "cai_labels")
 COLUMN_ARGS = ("column", "column_A", "column_B")
 COLUMN_LIST_ARGS = ("column_list", "column_set")
 # added by the gate to every batch frame: which outcome a row has, and whether dedup rejected it
@@ -26,8 +27,22 @@ class SuiteError(Exception):
     """A suite file that cannot be used: unreadable, not JSON, or rejected by GX. One line."""
 
 
-def suite_path(directory: str | Path, stage: str) -> Path:
-    return Path(directory) / f"{stage}.json"
+def suite_dir(directory: str | Path | None) -> Path:
+    """The configured suite directory (`gate.suites`), or the suites alignflow ships."""
+    return Path(directory).expanduser() if directory else SUITE_DIR
+
+
+def suite_path(directory: str | Path | None, stage: str) -> Path:
+    return suite_dir(directory) / f"{stage}.json"
+
+
+def require_suites(directory: str | Path | None, stages: tuple[str, ...] = GATED) -> None:
+    """Every gated stage has a suite that parses: a missing or broken one is a SuiteError naming its path."""
+    for stage in stages:
+        path = suite_path(directory, stage)
+        if not path.is_file():
+            raise SuiteError(f"no expectation suite for the {stage} stage at {path} (gate.suites)")
+        load_suite(path)
 
 
 def _read(path: Path) -> dict:

@@ -7,7 +7,6 @@ because GX's pandas execution engine keeps the batch being validated as shared s
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from dataclasses import asdict, dataclass, field
@@ -17,13 +16,13 @@ from typing import Any
 import polars as pl
 
 from alignflow.config import GateConfig
-from alignflow.expectations import load_suite, suite_path
+from alignflow.expectations import GATED, SuiteError, load_suite, suite_path
+from alignflow.records import content_hash
 from alignflow.store import Store, batch_key
 
 OUTCOME_ORDER = ("kept", "rejected", "failed")
 QUARANTINE = "quarantine"
 DECISIONS = "quarantine.json"  # <run>/quarantine.json: the hand decisions, outside every stage directory
-VOLATILE = ("latency_s", "cached", "attempts")  # differ when the same rows come back from the request cache
 EXAMPLES = 3
 VERDICT = {"result_format": "BOOLEAN_ONLY"}
 DETAILS = {"result_format": "SUMMARY", "partial_unexpected_count": 5}
@@ -153,11 +152,16 @@ class GateResult:
 
 def write_batch(store: Store, run_id: str, stage: str, number: int, outcomes: dict[str, pl.DataFrame],
                 config: GateConfig) -> tuple[dict[str, int], GateResult | None]:
-    """Validate one batch and write it: its outcomes when it passes or was released, else all of it to quarantine."""
+    """Validate one batch and write it: its outcomes when it passes or was released, else all of it to quarantine.
+
+    Every stage in `GATED` must have its suite (a missing one is a SuiteError naming the path); a batch with no
+    rows has nothing to validate."""
     counts = {o: 0 for o in (*OUTCOME_ORDER, QUARANTINE)}
-    path = suite_path(config.suites, stage)
     result = None
-    if config.enabled and path.is_file():
+    if config.enabled and stage in GATED and any(df.height for df in outcomes.values()):
+        path = suite_path(config.suites, stage)
+        if not path.is_file():
+            raise SuiteError(f"no expectation suite for the {stage} stage at {path} (gate.suites)")
         frame = batch_frame(outcomes)
         result, report = validate(stage, number, frame, load_suite(path), config.policy(stage))
         if not result.passed:
@@ -171,6 +175,28 @@ def write_batch(store: Store, run_id: str, stage: str, number: int, outcomes: di
         counts[outcome] = df.height
         if df.height:
             store.write_parquet(batch_key(run_id, stage, outcome, number), df)
+    return counts, result
+
+
+def release(store: Store, run_id: str, stage: str, number: int, content: str) -> tuple[dict[str, int], GateResult] | None:
+    """A quarantined batch a person has since released (for this very content) moves to its outcome directories,
+    from the rows quarantine holds: nothing is asked again. None when no release applies."""
+    decision = decision_for(store, run_id, f"{stage}/{number}")
+    if decision is None or decision["action"] != "release" or decision["content_hash"] != content:
+        return None
+    report = report_key(run_id, stage, number)
+    result = GateResult.from_dict(store.read_json(report)["gate"])
+    _apply(result, decision)
+    held = store.read_parquet(batch_key(run_id, stage, QUARANTINE, number))
+    counts = {o: 0 for o in (*OUTCOME_ORDER, QUARANTINE)}
+    for outcome in OUTCOME_ORDER:
+        rows = held.filter(pl.col("outcome") == outcome).drop("outcome")
+        counts[outcome] = rows.height
+        if rows.height:
+            store.write_parquet(batch_key(run_id, stage, outcome, number), rows)
+    result.report_key = report
+    store.write_json(report, {**store.read_json(report), "gate": result.to_dict(), "summary": result.summary()})
+    store.delete(batch_key(run_id, stage, QUARANTINE, number))
     return counts, result
 
 
@@ -206,12 +232,6 @@ def batch_frame(outcomes: dict[str, pl.DataFrame]) -> pl.DataFrame:
         parts.append(df.with_columns(outcome=pl.lit(name), duplicate=is_dup))
     return pl.concat(parts, how="diagonal_relaxed") if parts else pl.DataFrame(schema={"outcome": pl.String,
                                                                                       "duplicate": pl.Boolean})
-
-
-def content_hash(frame: pl.DataFrame) -> str:
-    """A hash of what the batch holds, the same when a resumed run makes it again from the request cache."""
-    stable = frame.drop([c for c in VOLATILE if c in frame.columns])
-    return hashlib.sha256(stable.write_ndjson().encode()).hexdigest()[:16]
 
 
 def validate(stage: str, number: int, frame: pl.DataFrame, suite: Any, policy: str) -> tuple[GateResult, dict]:

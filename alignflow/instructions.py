@@ -1,14 +1,16 @@
 """Instruction rounds: Self-Instruct prompts and (optionally) Evol-Instruct rewrites, then the gate.
 
-A round is one batch. Its candidates pass the heuristic filters, then dedup against everything the run
-already holds (the seeds and the kept pool) and against the earlier candidates of the same round.
-Every candidate ends as a kept row or a rejected row with its reason; a failed request is a failed row.
+A round is one batch, and rounds run one after another: each samples its in-context tasks from the pool the
+earlier rounds kept and is deduplicated against it. Its candidates pass the heuristic filters, then dedup
+against the seeds, the pool, and the earlier candidates of the same round. Every candidate ends as a kept row
+or a rejected row with its reason; a failed request is a failed row.
 """
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import polars as pl
@@ -17,10 +19,9 @@ from pydantic import BaseModel, Field
 from alignflow import evol, filters
 from alignflow.dedup import Index, make_index
 from alignflow.llm.client import LLM
-from alignflow.llm.types import Request, Result
-from alignflow.prompts import Template, load
-from alignflow.records import frame, provenance, schema_for, stable_id
-from alignflow.run import Run
+from alignflow.prompts import load
+from alignflow.records import schema_for, stable_id
+from alignflow.step import Answer, Batch, BatchRef, Job, Outcomes, Step, digest
 
 STAGE = "instructions"
 SELF_INSTRUCT = "self_instruct"
@@ -32,15 +33,31 @@ class NewTasks(BaseModel):
 
 
 @dataclass(frozen=True)
-class Job:
-    """One request and what its rows inherit; an evolution also keeps its method and the original text."""
+class Lineage:
+    """What the rows of one answer inherit; an evolution also keeps its method and the original text."""
 
-    request: Request
-    template: Template
     source: str
     parent_ids: list[str]
     evolution: str | None = None
     original: str | None = None
+
+
+@dataclass
+class Pool:
+    """What the run holds before a round: seeds, the machine instructions kept so far, and their dedup index.
+
+    Kept between rounds in this process (rebuilt from the store when a round runs elsewhere or after a resume),
+    so a round costs what is new in it, not the size of the pool."""
+
+    rounds: int  # rounds 0..rounds-1 are in it
+    seeds: list[dict]
+    machine: list[dict] = field(default_factory=list)
+    evolved: set[str] = field(default_factory=set)  # ids of instructions already evolved
+    index: Index | None = None
+
+
+_pools: dict[tuple[str, str], Pool] = {}
+_pools_lock = threading.Lock()
 
 
 def _sample_shown(rng: random.Random, human: list[dict], machine: list[dict], shown: int, shown_machine: int) -> list[dict]:
@@ -52,48 +69,39 @@ def _sample_shown(rng: random.Random, human: list[dict], machine: list[dict], sh
     return tasks
 
 
-def self_instruct_jobs(run: Run, llm: LLM, rng: random.Random, human: list[dict], machine: list[dict]) -> list[Job]:
-    cfg = run.config.instructions
+def self_instruct_jobs(llm: LLM, rng: random.Random, cfg, human: list[dict], machine: list[dict]) -> list[Job]:
     template = load(SELF_INSTRUCT)
     jobs = []
-    for _ in range(cfg.prompts_per_round):
+    for _ in range(cfg.prompts_per_round or llm.config.max_concurrency):
         shown = _sample_shown(rng, human, machine, cfg.shown, cfg.shown_machine)
         examples = json.dumps({"instructions": [t["instruction"] for t in shown]}, indent=1, ensure_ascii=False)
         text = template.render(examples=examples, count=cfg.per_prompt)
         request = llm.request([{"role": "user", "content": text}], schema=NewTasks,
                               temperature=max(llm.config.temperature, 0.7))
-        jobs.append(Job(request, template, SELF_INSTRUCT, [t["id"] for t in shown]))
+        jobs.append(Job(llm, request, template, data=Lineage(SELF_INSTRUCT, [t["id"] for t in shown])))
     return jobs
 
 
-def evol_jobs(run: Run, llm: LLM, rng: random.Random, round_no: int, accepted: list[dict], pool: pl.DataFrame) -> list[Job]:
+def evol_jobs(llm: LLM, rng: random.Random, cfg, round_no: int, accepted: list[dict], evolved: set[str]) -> list[Job]:
     """`evol.per_round` accepted instructions (seeds or kept), those not evolved yet first, one method each."""
-    cfg = run.config.instructions.evol
-    evolved_before = set(pool.filter(pl.col("source") == evol.SOURCE)["parent_ids"].explode().drop_nulls())
-    return [Job(evol.request(llm, row["instruction"], method, sample=round_no), evol.template(method), evol.SOURCE,
-                [row["id"]], evolution=method, original=row["instruction"])
-            for row, method in evol.pick(rng, accepted, evolved_before, cfg.per_round, cfg.evolutions)]
+    return [Job(llm, evol.request(llm, row["instruction"], method, sample=round_no), evol.template(method),
+                data=Lineage(evol.SOURCE, [row["id"]], method, row["instruction"]))
+            for row, method in evol.pick(rng, accepted, evolved, cfg.evol.per_round, cfg.evol.evolutions)]
 
 
-def candidates(job: Job, result: Result, round_no: int, llm: LLM) -> list[dict]:
+def candidates(answer: Answer, round_no: int) -> list[dict]:
     """The rows one answer proposes; `reason` is already set for a truncated text or a failed evolution."""
-    prov = provenance(llm.provider, llm.model, job.template.name, job.template.version, result)
+    lineage, result = answer.job.data, answer.result
     cut = filters.truncated(result.finish_reason)
-    if job.evolution:
+    if lineage.evolution:
         texts = [result.parsed.instruction.strip()]
-        reasons = [cut or evol.eliminate(texts[0], job.original)]
+        reasons = [cut or evol.eliminate(texts[0], lineage.original)]
     else:  # only the last task of a cut-off list is incomplete (as Self-Instruct's own code treats it)
         texts = [t.strip() for t in result.parsed.instructions]
         reasons = [None] * (len(texts) - 1) + [cut]
-    return [{"id": stable_id(STAGE, text, job.parent_ids, position), "instruction": text, "source": job.source,
-             "parent_ids": job.parent_ids, "round": round_no, "evolution": job.evolution, "reason": reason, **prov}
+    return [{"id": stable_id(STAGE, text, lineage.parent_ids, position), "instruction": text, "source": lineage.source,
+             "parent_ids": lineage.parent_ids, "round": round_no, "evolution": lineage.evolution, "reason": reason}
             for position, (text, reason) in enumerate(zip(texts, reasons))]
-
-
-def _failed(job: Job, result: Result, round_no: int, llm: LLM) -> dict:
-    return {"id": stable_id(STAGE, "failed", job.request.messages, job.request.sample), "source": job.source,
-            "parent_ids": job.parent_ids, "round": round_no, "evolution": job.evolution, "error": result.error,
-            **provenance(llm.provider, llm.model, job.template.name, job.template.version, result)}
 
 
 def split_duplicates(index: Index | None, rows: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -113,38 +121,96 @@ def split_duplicates(index: Index | None, rows: list[dict]) -> tuple[list[dict],
     return kept, duplicates
 
 
-def seeded_index(run: Run, seeds: pl.DataFrame, pool: pl.DataFrame) -> Index | None:
-    """The stage's dedup index holding everything the run already has; None when dedup is off."""
-    cfg = run.config.instructions.dedup
-    if cfg.method is None:
-        return None
-    index = make_index(cfg)
-    held = pl.concat([seeds.select("id", "instruction"), pool.select("id", "instruction")])
-    index.seed(held["id"].to_list(), held["instruction"].to_list())
-    return index
+class Instructions(Step):
+    """Batch `n` is round `n`. Its key chains the round before's, so a round is redone only if a round before it
+    changed. Failed requests are not retried on a resume: later rounds make up for them, and asking again would
+    change the pool every later round was made from."""
 
+    stage = STAGE
+    retry_failed = False
 
-def run_round(run: Run, round_no: int, seeds: pl.DataFrame, pool: pl.DataFrame) -> dict[str, int]:
-    """One round, written as batch `round_no`: returns its row counts per outcome and the requests it sent."""
-    llm = run.llm(STAGE)
-    rng = random.Random(f"{run.config.seed}:{round_no}")
-    human, machine = seeds.to_dicts(), pool.to_dicts()
-    jobs = self_instruct_jobs(run, llm, rng, human, machine)
-    if run.config.instructions.evol.enabled:
-        jobs += evol_jobs(run, llm, rng, round_no, human + machine, pool)
-    results = run.generate(llm, [job.request for job in jobs], f"{STAGE} round {round_no}")
+    @property
+    def templates(self) -> tuple[str, ...]:
+        cfg = self.config.instructions
+        return (SELF_INSTRUCT, *(f"evol_{m}" for m in cfg.evol.evolutions if cfg.evol.enabled))
 
-    checks = filters.for_instructions(run.config.instructions)
-    passed, rejected, failed = [], [], []
-    for job, result in zip(jobs, results):
-        if not result.ok:
-            failed.append(_failed(job, result, round_no, llm))
-            continue
-        for row in candidates(job, result, round_no, llm):
-            row["reason"] = row["reason"] or filters.first_rejection(row["instruction"], checks)
-            (rejected if row["reason"] else passed).append(row)
-    kept, duplicates = split_duplicates(seeded_index(run, seeds, pool), passed)
-    counts = run.write_batch(STAGE, round_no, kept=frame(kept, STAGE), rejected=frame(rejected + duplicates, STAGE),
-                             failed=frame(failed, STAGE))
-    counts["requests"] = len(jobs)
-    return counts
+    def settings(self) -> dict:
+        cfg = self.config.instructions
+        return {**cfg.model_dump(exclude={"target", "max_rounds", "max_tokens", "llm"}),
+                "llm": self.llm_settings(self.config.llm_for(STAGE))}
+
+    def load(self, ref: BatchRef) -> Batch:
+        before = self.run.checkpoint(STAGE, ref.number - 1) if ref.number else None
+        seeds = self.run.checkpoint("seeds", 0)
+        basis = digest(seeds and seeds["kept_hash"], before and before["key"], before and before["kept_hash"])
+        return Batch(ref, pl.DataFrame(), basis, state={"pool": self._pool(ref.number)})
+
+    def jobs(self, batch: Batch) -> list[Job]:
+        cfg, pool = self.config.instructions, batch.state["pool"]
+        llm = self.run.llm(STAGE)
+        rng = random.Random(f"{self.run.seed}:{batch.number}")
+        jobs = self_instruct_jobs(llm, rng, cfg, pool.seeds, pool.machine)
+        if cfg.evol.enabled:
+            jobs += evol_jobs(llm, rng, cfg, batch.number, pool.seeds + pool.machine, pool.evolved)
+        return jobs
+
+    def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
+        out = Outcomes(inputs=len(answered))  # inputs are requests: each yields candidates or one failed row
+        checks = filters.for_instructions(self.config.instructions)
+        passed = []
+        for answer in answered:
+            lineage = answer.job.data
+            if not answer.result.ok:
+                out.fail({"id": stable_id(STAGE, "failed", answer.job.request.messages, answer.job.request.sample),
+                          "source": lineage.source, "parent_ids": lineage.parent_ids, "round": batch.number,
+                          "evolution": lineage.evolution}, answer)
+                continue
+            for row in candidates(answer, batch.number):
+                row["reason"] = row["reason"] or filters.first_rejection(row["instruction"], checks)
+                if row["reason"]:
+                    out.reject(row, row["reason"], answer)
+                else:
+                    passed.append((row, answer))
+        answer_of = {row["id"]: answer for row, answer in passed}
+        kept, duplicates = split_duplicates(batch.state["pool"].index, [row for row, _ in passed])
+        for row in kept:
+            out.keep(row, answer_of[row["id"]])
+        for row in duplicates:
+            out.reject(row, row["reason"], answer_of[row["id"]])
+        batch.state["kept"] = kept
+        return out
+
+    def done(self, batch: Batch, record: dict) -> None:
+        """The round's kept rows join the pool, if they were written as kept (a quarantined round adds nothing)."""
+        pool, kept = batch.state["pool"], batch.state.get("kept")
+        with _pools_lock:
+            if kept is None or record["counts"]["kept"] != len(kept):
+                _pools.pop(self._pool_key(), None)  # its index holds rows the pool does not: rebuild next time
+                return
+            pool.machine += [{"id": r["id"], "instruction": r["instruction"]} for r in kept]
+            pool.evolved |= {p for r in kept if r["source"] == evol.SOURCE for p in r["parent_ids"]}
+            pool.rounds = batch.number + 1
+
+    def _pool_key(self) -> tuple[str, str]:
+        return self.run.url, self.definition()
+
+    def _pool(self, round_no: int) -> Pool:
+        """The pool before `round_no`: kept from earlier rounds in this process, else read from the store."""
+        with _pools_lock:
+            pool = _pools.get(self._pool_key())
+            if pool is None or pool.rounds != round_no:
+                pool = _pools[self._pool_key()] = self._read_pool(round_no)
+            return pool
+
+    def _read_pool(self, round_no: int) -> Pool:
+        seeds = self.run.read_batch("seeds", 0)
+        kept = [self.run.read_batch(STAGE, n) for n in range(round_no)]
+        machine = pl.concat(kept, how="diagonal_relaxed") if kept else pl.DataFrame(schema=schema_for(STAGE))
+        pool = Pool(round_no, seeds.select("id", "instruction").to_dicts(), machine.select("id", "instruction").to_dicts(),
+                    set(machine.filter(pl.col("source") == evol.SOURCE)["parent_ids"].explode().drop_nulls()))
+        cfg = self.config.instructions.dedup
+        if cfg.method is not None:
+            pool.index = make_index(cfg)
+            held = pool.seeds + pool.machine
+            pool.index.seed([r["id"] for r in held], [r["instruction"] for r in held])
+        return pool

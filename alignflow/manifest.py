@@ -1,45 +1,48 @@
-"""The run's manifest: rows per stage and outcome, and tokens, counted from what is on disk."""
+"""The run's manifest: rows per stage and outcome, tokens and requests, from the batch checkpoints alone.
+
+Counting from checkpoints (and dataset sizes from Parquet footers) keeps the manifest cheap at any run size:
+no batch file is read.
+"""
 from __future__ import annotations
 
 import time
+from typing import Any
 
-import polars as pl
-
-from alignflow.store import OUTCOMES, Store
+from alignflow.store import Store
 
 STAGES = ("seeds", "instructions", "responses", "revisions", "judgments", "pairs", "cai_labels")
+OUTCOMES = ("kept", "rejected", "failed", "quarantine")
+SUMMED = ("inputs", "requests", "cached", "input_tokens", "output_tokens")
 
 
-def build(store: Store, run_id: str) -> dict:
+def stage_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    counts = {o: sum(r["counts"][o] for r in records) for o in OUTCOMES}
+    counts |= {k: sum(r.get(k) or 0 for r in records) for k in SUMMED}
+    counts["batches"] = len(records)
+    counts["quarantined_batches"] = sum(r.get("gate") in ("quarantined", "dropped") for r in records)
+    return counts
+
+
+def build(store: Store, run_id: str, extra: dict[str, Any] | None = None) -> dict:
     stages = {}
-    totals = {"input_tokens": 0, "output_tokens": 0}
     for stage in STAGES:
-        if not store.list(f"{run_id}/{stage}/"):
-            continue
-        counts: dict = {}
-        for outcome in OUTCOMES:
-            df = store.read_dir(f"{run_id}/{stage}/{outcome}")
-            counts[outcome] = df.height
-            for col in totals:
-                if col in df.columns:
-                    n = int(df[col].fill_null(0).sum())
-                    counts[col] = counts.get(col, 0) + n
-                    totals[col] += n
-        counts["quarantined_batches"] = sum(k.endswith(".parquet") for k in store.list(f"{run_id}/{stage}/quarantine/"))
-        if store.exists(f"{run_id}/{stage}/stage.json"):
-            counts["inputs"] = store.read_json(f"{run_id}/{stage}/stage.json")["inputs"]
-        stages[stage] = counts
-    datasets = {}
-    for key in store.list(f"{run_id}/datasets/"):
-        name = key.rsplit("/", 1)[-1].removesuffix(".parquet")
-        datasets[name] = store.read_parquet(key).height if key.endswith(".parquet") else None
+        keys = [k for k in store.list_dir(f"{run_id}/{stage}/checkpoints") if k.endswith(".json")]
+        if keys:
+            stages[stage] = stage_counts([store.read_json(k) for k in keys])
+    datasets = {key.rsplit("/", 1)[-1].removesuffix(".parquet"): store.row_count(key)
+                for key in store.list_dir(f"{run_id}/datasets") if key.endswith(".parquet")}
+    tokens = {k: sum(s[k] for s in stages.values()) for k in ("input_tokens", "output_tokens")}
     return {"run_id": run_id, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "stages": stages,
-            "datasets": datasets, "tokens": totals}
+            "datasets": datasets, "tokens": tokens, **(extra or {})}
 
 
-def write(store: Store, run_id: str) -> dict:
+def write(store: Store, run_id: str, extra: dict[str, Any] | None = None) -> dict:
+    """Count the run again; what an earlier write added (`extra`, e.g. the target) stays unless given anew."""
+    key = f"{run_id}/manifest.json"
+    before = store.read_json(key) if store.exists(key) else {}
     manifest = build(store, run_id)
-    store.write_json(f"{run_id}/manifest.json", manifest)
+    manifest = {**{k: v for k, v in before.items() if k not in manifest}, **manifest, **(extra or {})}
+    store.write_json(key, manifest)
     return manifest
 
 
@@ -50,3 +53,24 @@ def table(manifest: dict) -> list[list[str]]:
                      str(counts.get("quarantined_batches", 0)),
                      str(counts.get("input_tokens", 0)), str(counts.get("output_tokens", 0))])
     return rows
+
+
+# the stages a dataset is made through, in order
+MADE_THROUGH = {"dpo": ("instructions", "responses", "judgments", "pairs"),
+                "kto": ("instructions", "responses", "judgments", "pairs"),
+                "sft": ("instructions", "responses", "judgments"),
+                "cai_sft": ("instructions", "responses", "revisions"), "cai_dpo": ("instructions", "responses", "revisions")}
+
+
+def why_empty(manifest: dict, dataset: str) -> str:
+    """Which stage emptied a dataset, and how its rows ended, in one line."""
+    for stage in MADE_THROUGH.get(dataset, ()):
+        counts = manifest["stages"].get(stage)
+        if counts is None:
+            return f"the {stage} stage did not run"
+        if counts["kept"] == 0:
+            ended = ", ".join(f"{counts[o]} {o if o != 'quarantine' else 'quarantined'}"
+                              for o in ("rejected", "failed", "quarantine") if counts[o])
+            hint = " (see `alignflow quarantine list`)" if counts["quarantine"] else ""
+            return f"the {stage} stage kept none of its {counts['inputs']} inputs ({ended or 'none made'}){hint}"
+    return "every stage kept rows, but none made a row of it"

@@ -1,8 +1,9 @@
 """Preference pairs from the judge's ratings.
 
 Strategies: `best_vs_random` (UltraFeedback binarized: the best mean rating against a random lower one),
-`best_vs_worst`, and `all_pairs` (every pair whose margin reaches `min_margin`). Ties and small margins are
-rejected with the reason; the per-aspect scores and the margin are kept.
+`best_vs_worst`, and `all_pairs` (every pair whose margin reaches `min_margin`). Ties, small margins and pairs
+whose two texts are the same are rejected with the reason; the per-aspect scores and the margin are kept.
+Batch `n` pairs the judgments of judgments batch `n`, so pairs stream out as judging goes on.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import random
 
 import polars as pl
 
-from alignflow.records import ASPECTS, frame, stable_id
-from alignflow.run import Run, Written
+from alignflow.records import ASPECTS, stable_id
+from alignflow.step import Answer, Batch, BatchRef, Outcomes, Step
 
 STAGE = "pairs"
+SAME_TEXT = "chosen and rejected are the same text"
 
 
 def _pair(instruction_id: str, chosen: dict, rejected: dict, strategy: str) -> dict:
@@ -27,53 +29,73 @@ def _pair(instruction_id: str, chosen: dict, rejected: dict, strategy: str) -> d
             "chosen_scores": {a: chosen.get(a) for a in ASPECTS}, "rejected_scores": {a: rejected.get(a) for a in ASPECTS}}
 
 
-def _why_not(margin: float, min_margin: float) -> str:
-    return "tie" if margin == 0 else f"margin {margin:g} below {min_margin:g}"
+def _why_not(pair: dict, min_margin: float) -> str | None:
+    """Why a candidate pair is no preference pair, or None when it is one."""
+    if pair["chosen"] == pair["rejected"]:
+        return SAME_TEXT
+    margin = pair["margin"]
+    if margin < max(min_margin, 1e-9):
+        return "tie" if margin == 0 else f"margin {margin:g} below {min_margin:g}"
+    return None
 
 
-def _one_pair(instruction_id: str, ranked: list[dict], strategy: str, min_margin: float, rng: random.Random):
-    """best_vs_worst / best_vs_random: one kept pair or one rejected row per instruction."""
+def _one_pair(instruction_id: str, ranked: list[dict], strategy: str, min_margin: float,
+              rng: random.Random) -> tuple[dict, str | None]:
+    """best_vs_worst / best_vs_random: one pair per instruction, and why it is rejected (None: kept)."""
     best = ranked[0]
     if len(ranked) < 2:
-        return None, {**_pair(instruction_id, best, best, strategy), "rejected": None, "rejected_id": None,
-                      "rejected_model": None, "rejected_scores": None, "margin": None,
-                      "reason": "fewer than 2 judged responses"}
-    lower = [r for r in ranked[1:] if best["rating"] - r["rating"] >= max(min_margin, 1e-9)]
+        return {**_pair(instruction_id, best, best, strategy), "rejected": None, "rejected_id": None,
+                "rejected_model": None, "rejected_scores": None, "margin": None}, "fewer than 2 judged responses"
+    lower = [r for r in ranked[1:] if best["rating"] - r["rating"] >= max(min_margin, 1e-9)
+             and r["response"] != best["response"]]
     if not lower:
-        worst = ranked[-1]
-        return None, {**_pair(instruction_id, best, worst, strategy),
-                      "reason": _why_not(best["rating"] - worst["rating"], min_margin)}
+        pair = _pair(instruction_id, best, ranked[-1], strategy)
+        return pair, _why_not(pair, min_margin) or SAME_TEXT
     rejected = lower[-1] if strategy == "best_vs_worst" else rng.choice(lower)
     return _pair(instruction_id, best, rejected, strategy), None
 
 
-def make_pairs(run: Run, responses: pl.DataFrame, judgments: pl.DataFrame) -> Written:
-    """Inputs are instructions with a judged response (`all_pairs`: every two judged responses of an instruction)."""
-    cfg = run.config.pairs
-    rated = judgments.drop("instruction_id", "model", "provider").join(
-        responses.select("id", "instruction_id", "instruction", "response", "model"), left_on="response_id", right_on="id")
-    kept, rejected = [], []
-    for (instruction_id,), group in rated.sort("response_id").group_by("instruction_id", maintain_order=True):
-        ranked = group.sort(["rating", "response_id"], descending=[True, False]).to_dicts()
-        if cfg.strategy == "all_pairs":
-            for a, b in itertools.combinations(ranked, 2):
-                pair = _pair(instruction_id, a, b, cfg.strategy)
-                if pair["margin"] >= max(cfg.min_margin, 1e-9):
-                    kept.append(pair)
+class Pairs(Step):
+    """No requests: pairs come from the ratings of one judgments batch and the texts of its responses batch."""
+
+    stage = STAGE
+
+    def settings(self) -> dict:
+        cfg = self.config.pairs
+        return {"strategy": cfg.strategy, "min_margin": cfg.min_margin}
+
+    def load(self, ref: BatchRef) -> Batch:
+        judgments = self.run.read_batch("judgments", ref.number)
+        responses = self.run.read_batch("responses", ref.number)
+        rated = judgments.drop("instruction_id", "model", "provider").join(
+            responses.select("id", "instruction_id", "instruction", "response", "model"),
+            left_on="response_id", right_on="id")
+        return self.batch_of(ref, rated.select("response_id", "instruction_id", "instruction", "response", "model",
+                                               "rating", *ASPECTS).sort("response_id"))
+
+    def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
+        """Inputs are instructions with a judged response (`all_pairs`: every two judged responses of one)."""
+        cfg = self.config.pairs
+        out = Outcomes(inputs=inputs(batch.inputs, cfg.strategy))
+        for (instruction_id,), group in batch.inputs.group_by("instruction_id", maintain_order=True):
+            ranked = group.sort(["rating", "response_id"], descending=[True, False]).to_dicts()
+            if cfg.strategy == "all_pairs" and len(ranked) >= 2:
+                candidates = [(_pair(instruction_id, a, b, cfg.strategy), None) for a, b in itertools.combinations(ranked, 2)]
+                candidates = [(pair, _why_not(pair, cfg.min_margin)) for pair, _ in candidates]
+            else:
+                candidates = [_one_pair(instruction_id, ranked, cfg.strategy, cfg.min_margin,
+                                        random.Random(f"{self.run.seed}:{instruction_id}"))]
+            for pair, reason in candidates:
+                if reason:
+                    out.reject(pair, reason)
                 else:
-                    rejected.append({**pair, "reason": _why_not(pair["margin"], cfg.min_margin)})
-            if len(ranked) < 2:
-                rejected.append(_one_pair(instruction_id, ranked, cfg.strategy, cfg.min_margin, None)[1])
-            continue
-        pair, reject = _one_pair(instruction_id, ranked, cfg.strategy, cfg.min_margin,
-                                 random.Random(f"{run.config.seed}:{instruction_id}"))
-        (kept if pair else rejected).append(pair or reject)
-    return run.write_batch(STAGE, 0, kept=frame(kept, STAGE), rejected=frame(rejected, STAGE))
+                    out.keep(pair)
+        return out
 
 
-def inputs(judgments: pl.DataFrame, strategy: str) -> int:
+def inputs(rated: pl.DataFrame, strategy: str) -> int:
     """What the stage counts as its inputs, so the manifest adds up for every strategy."""
-    sizes = judgments.group_by("instruction_id").len()["len"].to_list()
+    sizes = rated.group_by("instruction_id").len()["len"].to_list()
     if strategy != "all_pairs":
         return len(sizes)
     return sum(n * (n - 1) // 2 if n > 1 else 1 for n in sizes)

@@ -7,7 +7,6 @@ from typing import Any
 
 import polars as pl
 
-from alignflow.llm.types import Result
 
 PROVENANCE = {
     "provider": pl.String,
@@ -70,26 +69,19 @@ def schema_for(stage: str) -> dict[str, pl.DataType]:
     return {**SCHEMAS[stage], **OUTCOME_COLUMNS}
 
 
+VOLATILE = ("latency_s", "cached", "attempts")  # differ when the same rows are made again from known answers
+
+
+def content_hash(frame: pl.DataFrame) -> str:
+    """A hash of what a frame holds, the same when the same rows are made again from known answers."""
+    stable = frame.drop([c for c in VOLATILE if c in frame.columns])
+    return hashlib.sha256(stable.write_ndjson().encode()).hexdigest()[:16]
+
+
 def stable_id(*parts: Any) -> str:
     """A short hash of content and lineage: the same row made again gets the same id."""
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def provenance(provider: str, model: str, template: str, version: str, result: Result) -> dict[str, Any]:
-    return {
-        "provider": provider,
-        "model": model,
-        "template": template,
-        "template_version": version,
-        "raw_output": result.text,
-        "input_tokens": result.input_tokens,
-        "output_tokens": result.output_tokens,
-        "latency_s": round(result.latency_s, 4),
-        "attempts": result.attempts,
-        "finish_reason": result.finish_reason,
-        "cached": result.cached,
-    }
 
 
 def frame(rows: list[dict[str, Any]], stage: str) -> pl.DataFrame:

@@ -1,16 +1,17 @@
 """Responses: `per_instruction` samples per instruction from each generator model, each row tagged with its model
-and sampling; optionally a system principle per sample (helpfulness, honesty, truthfulness), as UltraFeedback did."""
+and sampling; optionally a system principle per sample (helpfulness, honesty, truthfulness), as UltraFeedback did.
+
+A batch is a slice of one instruction round's kept rows. All its requests go out at once, each generator under
+its own endpoint's limits, so several models answer side by side.
+"""
 from __future__ import annotations
 
 import random
 
-import polars as pl
-
 from alignflow.config import LLMConfig
-from alignflow.llm.client import LLM
 from alignflow.prompts import load
-from alignflow.records import frame, provenance, stable_id
-from alignflow.run import Run, Written
+from alignflow.records import stable_id
+from alignflow.step import Answer, Batch, BatchRef, Job, Outcomes, Step, slices
 
 STAGE = "responses"
 
@@ -19,48 +20,62 @@ def generator_name(number: int, config: LLMConfig) -> str:
     return f"{number}:{config.provider}:{config.model_name}"
 
 
-def _principle(run: Run, instruction_id: str, generator: int, sample: int) -> str | None:
-    """A principle per sample, seeded by its lineage, so a rerun draws the same one."""
-    names = run.config.responses.principles
-    return random.Random(f"{run.config.seed}:{instruction_id}:{generator}:{sample}").choice(names) if names else None
+class Responses(Step):
+    stage = STAGE
 
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return ("respond", *(f"principle_{p}" for p in self.config.responses.principles))
 
-def respond_batch(run: Run, number: int, instructions: pl.DataFrame) -> Written:
-    """Every (instruction, generator, sample) becomes exactly one kept, rejected or failed row."""
-    template = load("respond")
-    k = run.config.responses.per_instruction
-    generators = [(g, LLM(cfg, run.cache)) for g, cfg in enumerate(run.config.generators())]
-    jobs = []  # (row, generator number, llm, sample, principle)
-    for g, llm in generators:
-        for row in instructions.to_dicts():
-            for sample in range(k):
-                jobs.append((row, g, llm, sample, _principle(run, row["id"], g, sample)))
+    def settings(self) -> dict:
+        cfg = self.config.responses
+        return {"per_instruction": cfg.per_instruction, "principles": cfg.principles,
+                "generators": [self.llm_settings(g) for g in self.config.generators()]}
 
-    requests = []
-    for row, _, llm, sample, principle in jobs:
-        messages = [{"role": "user", "content": template.render(instruction=row["instruction"])}]
-        if principle:
-            messages.insert(0, {"role": "system", "content": load(f"principle_{principle}").render()})
-        requests.append(llm.request(messages, sample=sample))
-    results: dict[int, object] = {}
-    for g, llm in generators:  # each generator keeps its own concurrency and rate limits
-        idx = [i for i, job in enumerate(jobs) if job[1] == g]
-        label = STAGE if len(generators) == 1 else f"{STAGE} ({llm.model})"
-        results.update(zip(idx, run.generate(llm, [requests[i] for i in idx], label)))
+    def refs(self) -> list[BatchRef]:
+        """A batch per `batch_size` kept instructions of each round, numbered in round order (as in a pipeline)."""
+        refs: list[BatchRef] = []
+        for record in self.run.checkpoints("instructions"):
+            refs += slices(len(refs), record["number"], record["counts"]["kept"], self.config.responses.batch_size)
+        return refs
 
-    kept, rejected, failed = [], [], []
-    for i, ((row, g, llm, sample, principle), request) in enumerate(zip(jobs, requests)):
-        result = results[i]
-        out = {"id": stable_id(STAGE, row["id"], llm.provider, llm.model, g, sample, principle),
-               "instruction_id": row["id"], "instruction": row["instruction"],
-               "generator": generator_name(g, llm.config), "sample": sample, "principle": principle,
-               "temperature": request.temperature, "max_tokens": request.max_tokens,
-               **provenance(llm.provider, llm.model, template.name, template.version, result)}
-        if not result.ok:
-            failed.append({**out, "error": result.error})
-        elif not result.text.strip():
-            rejected.append({**out, "response": result.text, "reason": "empty response"})
-        else:
-            kept.append({**out, "response": result.text.strip()})
-    return run.write_batch(STAGE, number, kept=frame(kept, STAGE), rejected=frame(rejected, STAGE),
-                           failed=frame(failed, STAGE))
+    def load(self, ref: BatchRef) -> Batch:
+        instructions = self.run.read_batch("instructions", ref.source).slice(ref.start, ref.stop - ref.start)
+        return self.batch_of(ref, instructions.select("id", "instruction"))
+
+    def _principle(self, instruction_id: str, generator: int, sample: int) -> str | None:
+        """A principle per sample, seeded by its lineage, so a rerun draws the same one."""
+        names = self.config.responses.principles
+        return random.Random(f"{self.run.seed}:{instruction_id}:{generator}:{sample}").choice(names) if names else None
+
+    def jobs(self, batch: Batch) -> list[Job]:
+        template = load("respond")
+        jobs = []
+        for g, config in enumerate(self.config.generators()):
+            llm = self.run.llm_from(config)
+            for row in batch.inputs.iter_rows(named=True):
+                for sample in range(self.config.responses.per_instruction):
+                    principle = self._principle(row["id"], g, sample)
+                    messages = [{"role": "user", "content": template.render(instruction=row["instruction"])}]
+                    if principle:
+                        messages.insert(0, {"role": "system", "content": load(f"principle_{principle}").render()})
+                    jobs.append(Job(llm, llm.request(messages, sample=sample), template,
+                                    data=(row, g, sample, principle)))
+        return jobs
+
+    def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
+        """Every (instruction, generator, sample) becomes exactly one kept, rejected or failed row."""
+        out = Outcomes()
+        for answer in answered:
+            (row, g, sample, principle), llm, request = answer.job.data, answer.job.llm, answer.job.request
+            result = answer.result
+            base = {"id": stable_id(STAGE, row["id"], llm.provider, llm.model, g, sample, principle), "instruction_id": row["id"],
+                    "instruction": row["instruction"], "generator": generator_name(g, llm.config), "sample": sample,
+                    "principle": principle, "temperature": request.temperature, "max_tokens": request.max_tokens}
+            if not result.ok:
+                out.fail(base, answer)
+            elif not result.text.strip():
+                out.reject({**base, "response": result.text}, "empty response", answer)
+            else:
+                out.keep({**base, "response": result.text.strip()}, answer)
+        return out

@@ -7,21 +7,24 @@ the raw output and the chain so far).
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from pydantic import BaseModel, Field
 
-from alignflow.cai_labels import combined, judge_pairs
+from alignflow.cai_labels import choice_jobs, verdict
 from alignflow.config import LLMOverride
 from alignflow.constitution import Constitution, Principle
-from alignflow.llm.client import LLM
-from alignflow.llm.types import Result
 from alignflow.prompts import load
-from alignflow.records import frame, provenance, stable_id
-from alignflow.run import Run, Written
+from alignflow.records import stable_id
+from alignflow.step import Answer, Batch, BatchRef, Job, Outcomes, Step, slices
+
+if TYPE_CHECKING:
+    from alignflow.run import Run
 
 STAGE = "revisions"
 # what a batch starts from: a prompt, and its initial answer when the input already has one (a run's responses)
@@ -44,13 +47,13 @@ class Revision(BaseModel):
 
 @dataclass
 class _Row:
-    """One answer on its way through the rounds."""
+    """One answer on its way through the rounds, with every answer it stands on so far."""
 
     source: dict
     principles: list[Principle]
     answer: str | None
     steps: list[dict] = field(default_factory=list)
-    results: list[Result] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
     error: str | None = None
     reason: str | None = None
     judge_label: float | None = None
@@ -59,11 +62,11 @@ class _Row:
     def active(self) -> bool:
         return self.error is None and self.reason is None
 
-    def record(self, result: Result) -> bool:
-        self.results.append(result)
-        if not result.ok:
-            self.error = result.error
-        return result.ok
+    def record(self, answer: Answer) -> bool:
+        self.answers.append(answer)
+        if not answer.result.ok:
+            self.error = answer.result.error
+        return answer.result.ok
 
     @property
     def revised_steps(self) -> list[dict]:
@@ -71,8 +74,18 @@ class _Row:
 
 
 def prompts_from_file(path: str | Path) -> pl.DataFrame:
+    """JSONL with a `prompt` string a line, read once per process while the file is unchanged."""
+    try:
+        mtime = Path(path).stat().st_mtime_ns
+    except OSError as exc:
+        raise PromptsError(f"cannot read prompts file {path}: {exc}") from None
+    return _read_prompts(str(path), mtime)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_prompts(name: str, mtime_ns: int) -> pl.DataFrame:
     """JSONL with a `prompt` string a line (other fields are ignored); a prompt given twice is revised once."""
-    path = Path(path)
+    path = Path(name)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -94,93 +107,193 @@ def prompts_from_file(path: str | Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=INPUT).unique("prompt_id", keep="first", maintain_order=True)
 
 
-def inputs_from_run(run: Run) -> pl.DataFrame:
-    """The run's kept responses with their answers, or else its kept instructions (answered here first)."""
-    responses = run.read("responses")
-    if responses.height:
-        return responses.select(pl.col("instruction_id").alias("prompt_id"), pl.col("instruction").alias("prompt"),
-                                pl.col("id").alias("response_id"), pl.col("response").alias("initial"),
-                                pl.coalesce("generator", "model").alias("initial_model"))
-    instructions = run.read("instructions")
-    if instructions.height:
-        return instructions.select(pl.col("id").alias("prompt_id"), pl.col("instruction").alias("prompt"),
-                                   *(pl.lit(None, pl.String).alias(c) for c in ("response_id", "initial", "initial_model")))
-    raise PromptsError(f"run {run.run_id} has no kept responses or instructions to revise in {run.store.url}")
+def from_responses(responses: pl.DataFrame) -> pl.DataFrame:
+    return responses.select(pl.col("instruction_id").alias("prompt_id"), pl.col("instruction").alias("prompt"),
+                            pl.col("id").alias("response_id"), pl.col("response").alias("initial"),
+                            pl.coalesce("generator", "model").alias("initial_model"))
 
 
-def initial_llm(run: Run, override: LLMOverride | None) -> LLM:
-    """The model of the initial answers: the responses stage's (a helpful model, as in the paper), overridable."""
-    return LLM(run.config.llm_for("responses").merged(override), run.cache)
+def from_instructions(instructions: pl.DataFrame) -> pl.DataFrame:
+    return instructions.select(pl.col("id").alias("prompt_id"), pl.col("instruction").alias("prompt"),
+                               *(pl.lit(None, pl.String).alias(c) for c in ("response_id", "initial", "initial_model")))
 
 
-def revise_batch(run: Run, number: int, inputs: pl.DataFrame, constitution: Constitution,
-                 initial: LLMOverride | None = None) -> Written:
-    """Each input row (`INPUT` columns) becomes one kept, rejected or failed row; principles are drawn per row,
-    seeded by its lineage, so a re-run asks the same requests and the request cache answers them."""
-    cfg = run.config.constitution
-    llm = run.llm("constitution")
-    rows = []
-    for source in inputs.to_dicts():
-        key = source["response_id"] or source["prompt_id"]
-        source["id"] = stable_id(STAGE, key, llm.provider, llm.model, constitution.name, cfg.rounds)
-        rows.append(_Row(source, constitution.draw(f"{run.config.seed}:{key}", cfg.rounds), source["initial"]))
-    _answer(run, initial_llm(run, initial), [r for r in rows if r.answer is None])
-    for round_no in range(1, cfg.rounds + 1):
-        _critique(run, llm, rows, round_no)
-        _revise(run, llm, rows, round_no)
+def check_run(run: "Run") -> None:
+    """A PromptsError unless the run has kept responses or instructions to revise."""
+    if not (run.checkpoints("responses") or run.checkpoints("instructions")):
+        raise PromptsError(f"run {run.run_id} has no kept responses or instructions to revise in {run.store.url}")
+
+
+class Revisions(Step):
+    """Batch `n` revises responses batch `n` (in a pipeline), a slice of a run's instructions (answered here first),
+    or a slice of a prompts file. Its phases: initial answers (when missing), then per round critiques and
+    revisions, then the judge's confirmation when asked for; each phase is one set of requests."""
+
+    stage = STAGE
+
+    def __init__(self, run: "Run", constitution: Constitution, initial: LLMOverride | None = None,
+                 prompts: str | None = None):
+        super().__init__(run)
+        self.constitution, self.prompts = constitution, prompts
+        self.initial = run.llm_from(run.config.llm_for("responses").merged(initial))
+        cfg = run.config.constitution
+        self.phases = [("initial", 0), *((kind, r) for r in range(1, cfg.rounds + 1) for kind in ("critique", "revise")),
+                       *([("confirm", 0)] if cfg.confirm_with_judge else [])]
+
+    @property
+    def templates(self) -> tuple[str, ...]:
+        return ("respond", "critique", "revise", *(("cai_choose",) if self.config.constitution.confirm_with_judge else ()))
+
+    def settings(self) -> dict:
+        cfg = self.config.constitution
+        return {"rounds": cfg.rounds, "confirm_with_judge": cfg.confirm_with_judge,
+                "constitution": self.constitution.fingerprint(),
+                "llm": self.llm_settings(self.config.llm_for("constitution")),
+                "initial": self.llm_settings(self.initial.config),
+                "judge": self.llm_settings(self.config.llm_for("judge")) if cfg.confirm_with_judge else None}
+
+    def refs(self) -> list[BatchRef]:
+        size = self.config.constitution.batch_size
+        if self.prompts:
+            return slices(0, None, prompts_from_file(self.prompts).height, size)
+        if responses := self.run.checkpoints("responses"):
+            return [BatchRef(r["number"], r["number"]) for r in responses]
+        refs: list[BatchRef] = []
+        for record in self.run.checkpoints("instructions"):
+            refs += slices(len(refs), record["number"], record["counts"]["kept"], size)
+        return refs
+
+    def load(self, ref: BatchRef) -> Batch:
+        if self.prompts:
+            inputs = prompts_from_file(self.prompts).slice(ref.start, ref.stop - ref.start)
+        elif ref.stop is None:
+            inputs = from_responses(self.run.read_batch("responses", ref.source))
+        else:
+            inputs = from_instructions(self.run.read_batch("instructions", ref.source).slice(ref.start, ref.stop - ref.start))
+        return self.batch_of(ref, inputs)
+
+    def jobs(self, batch: Batch) -> list[Job]:
+        """Each row draws its principles, seeded by its lineage, so a re-run asks the same requests."""
+        cfg, llm = self.config.constitution, self.run.llm("constitution")
+        rows = []
+        for source in batch.inputs.to_dicts():
+            key = source["response_id"] or source["prompt_id"]
+            source["id"] = stable_id(STAGE, key, llm.provider, llm.model, self.constitution.name, cfg.rounds)
+            rows.append(_Row(source, self.constitution.draw(f"{self.run.seed}:{key}", cfg.rounds), source["initial"]))
+        batch.state = {"rows": rows, "phase": 0}
+        return self._next(batch)
+
+    def more(self, batch: Batch, answered: list[Answer]) -> list[Job]:
+        if answered and answered[0].job.data[1] == "confirm":  # both orders of a row come one after the other
+            for forward, reversed_ in zip(answered[::2], answered[1::2]):
+                self._took_confirm(forward.job.data[0], forward, reversed_)
+        else:
+            for answer in answered:
+                row, kind, _ = answer.job.data
+                getattr(self, f"_took_{kind}")(row, answer)
+        return self._next(batch)
+
+    def _next(self, batch: Batch) -> list[Job]:
+        """The requests of the next phase that has any."""
+        state = batch.state
+        while state["phase"] < len(self.phases):
+            kind, round_no = self.phases[state["phase"]]
+            state["phase"] += 1
+            if kind == "confirm":
+                _settle(state["rows"])  # a row no round revised is rejected before the judge sees it
+            jobs = getattr(self, f"_{kind}_jobs")([r for r in state["rows"] if r.active], round_no)
+            if jobs:
+                return jobs
+        return []
+
+    def _initial_jobs(self, rows: list[_Row], _: int) -> list[Job]:
+        llm, template = self.initial, load("respond")
+        return [Job(llm, llm.request([{"role": "user", "content": template.render(instruction=row.source["prompt"])}]),
+                    template, label="initial", data=(row, "initial", 0))
+                for row in rows if row.answer is None]
+
+    def _critique_jobs(self, rows: list[_Row], round_no: int) -> list[Job]:
+        llm, template = self.run.llm("constitution"), load("critique")
+        jobs = []
+        for row in rows:
+            principle = row.principles[round_no - 1]
+            row.steps.append({"round": round_no, "principle": principle.name, "critique": None, "revision_needed": None,
+                              "revision": None})
+            text = template.render(prompt=row.source["prompt"], response=row.answer,
+                                   examples=_examples(principle, "critique"), critique_request=principle.critique_request)
+            jobs.append(Job(llm, llm.request([{"role": "user", "content": text}], schema=Critique), template,
+                            label=f"critique {round_no}", data=(row, "critique", round_no)))
+        return jobs
+
+    def _revise_jobs(self, rows: list[_Row], round_no: int) -> list[Job]:
+        llm, template = self.run.llm("constitution"), load("revise")
+        jobs = []
+        for row in rows:
+            if not row.steps[-1]["revision_needed"]:
+                continue
+            principle = row.principles[round_no - 1]
+            text = template.render(prompt=row.source["prompt"], response=row.answer,
+                                   examples=_examples(principle, "revision"), critique_request=principle.critique_request,
+                                   critique=row.steps[-1]["critique"], revision_request=principle.revision_request)
+            jobs.append(Job(llm, llm.request([{"role": "user", "content": text}], schema=Revision), template,
+                            label=f"revision {round_no}", data=(row, "revise", round_no)))
+        return jobs
+
+    def _confirm_jobs(self, rows: list[_Row], _: int) -> list[Job]:
+        """The judge compares revision and initial answer, both orders, under the last principle that revised it."""
+        items = [(r.source["prompt"], r.answer, r.source["initial"], r.principles[r.revised_steps[-1]["round"] - 1])
+                 for r in rows]
+        return choice_jobs(self.run.llm("judge"), items, [(r, "confirm", 0) for r in rows])
+
+    def _took_initial(self, row: _Row, answer: Answer) -> None:
+        row.source["initial_model"] = f"{answer.job.llm.provider}:{answer.job.llm.model}"
+        if row.record(answer):
+            row.answer = row.source["initial"] = answer.result.text.strip()
+            row.reason = None if row.answer else "empty initial answer"
+
+    def _took_critique(self, row: _Row, answer: Answer) -> None:
+        if row.record(answer):
+            row.steps[-1].update(critique=answer.result.parsed.critique.strip(),
+                                 revision_needed=answer.result.parsed.revision_needed)
+
+    def _took_revise(self, row: _Row, answer: Answer) -> None:
+        if row.record(answer):
+            row.answer = row.steps[-1]["revision"] = answer.result.parsed.revision.strip()
+
+    def _took_confirm(self, row: _Row, forward: Answer, reversed_: Answer) -> None:
+        found = verdict(forward, reversed_)
+        if row.record(forward) and row.record(reversed_):
+            row.judge_label = found.label
+            if found.label < 1:
+                row.reason = f"the judge did not prefer the revision in both orders (label {found.label:g})"
+
+    def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
+        """Every input row ends kept, rejected (with the reason) or failed (with the error and the chain so far)."""
+        rows = batch.state["rows"]
+        _settle(rows)
+        llm = self.run.llm("constitution")  # the revising model, whoever wrote the initial answers
+        out = Outcomes()
+        for row in rows:
+            src, revised = row.source, row.revised_steps
+            final = row.answer if revised else None
+            values = {**src, "revision": final, "changed": None if final is None else final != src["initial"],
+                      "rounds_revised": len(revised), "principles": [s["principle"] for s in row.steps],
+                      "chain": row.steps, "constitution": self.constitution.name, "judge_label": row.judge_label,
+                      "provider": llm.provider, "model": llm.model}
+            if row.error is not None:
+                out.fail(values, *row.answers, error=row.error)
+            elif row.reason is not None:
+                out.reject(values, row.reason, *row.answers)
+            else:
+                out.keep(values, *row.answers)
+        return out
+
+
+def _settle(rows: list[_Row]) -> None:
+    """Why a row that went through every round without failing is no revision, if it is not."""
     for row in rows:
         if row.active:
             row.reason = _rejection(row)
-    if cfg.confirm_with_judge:
-        _confirm(run, [r for r in rows if r.active])
-    return _write(run, number, llm, constitution, rows)
-
-
-def _answer(run: Run, llm: LLM, rows: list[_Row]) -> None:
-    if not rows:
-        return
-    template = load("respond")
-    requests = [llm.request([{"role": "user", "content": template.render(instruction=r.source["prompt"])}]) for r in rows]
-    for row, result in zip(rows, run.generate(llm, requests, f"{STAGE}: initial answers")):
-        row.source["initial_model"] = f"{llm.provider}:{llm.model}"
-        if row.record(result):
-            row.answer = row.source["initial"] = result.text.strip()
-            row.reason = None if row.answer else "empty initial answer"
-
-
-def _critique(run: Run, llm: LLM, rows: list[_Row], round_no: int) -> None:
-    template = load("critique")
-    active = [r for r in rows if r.active]
-    if not active:
-        return
-    requests = []
-    for row in active:
-        principle = row.principles[round_no - 1]
-        row.steps.append({"round": round_no, "principle": principle.name, "critique": None, "revision_needed": None,
-                          "revision": None})
-        text = template.render(prompt=row.source["prompt"], response=row.answer, examples=_examples(principle, "critique"),
-                               critique_request=principle.critique_request)
-        requests.append(llm.request([{"role": "user", "content": text}], schema=Critique))
-    for row, result in zip(active, run.generate(llm, requests, f"{STAGE}: critiques, round {round_no}")):
-        if row.record(result):
-            row.steps[-1].update(critique=result.parsed.critique.strip(), revision_needed=result.parsed.revision_needed)
-
-
-def _revise(run: Run, llm: LLM, rows: list[_Row], round_no: int) -> None:
-    template = load("revise")
-    due = [r for r in rows if r.active and r.steps[-1]["revision_needed"]]
-    if not due:
-        return
-    requests = []
-    for row in due:
-        principle = row.principles[round_no - 1]
-        text = template.render(prompt=row.source["prompt"], response=row.answer, examples=_examples(principle, "revision"),
-                               critique_request=principle.critique_request, critique=row.steps[-1]["critique"],
-                               revision_request=principle.revision_request)
-        requests.append(llm.request([{"role": "user", "content": text}], schema=Revision))
-    for row, result in zip(due, run.generate(llm, requests, f"{STAGE}: revisions, round {round_no}")):
-        if row.record(result):
-            row.answer = row.steps[-1]["revision"] = result.parsed.revision.strip()
 
 
 def _examples(principle: Principle, upto: str) -> str:
@@ -203,40 +316,6 @@ def _rejection(row: _Row) -> str | None:
     return None
 
 
-def _confirm(run: Run, rows: list[_Row]) -> None:
-    """The judge compares revision and initial answer, both orders, under the last principle that revised it."""
-    if not rows:
-        return
-    items = [(r.source["prompt"], r.answer, r.source["initial"], r.principles[r.revised_steps[-1]["round"] - 1])
-             for r in rows]
-    for row, verdict in zip(rows, judge_pairs(run, run.llm("judge"), items, f"{STAGE}: judge confirms")):
-        if row.record(verdict.result):
-            row.judge_label = verdict.label
-            if verdict.label < 1:
-                row.reason = f"the judge did not prefer the revision in both orders (label {verdict.label:g})"
-
-
-def _write(run: Run, number: int, llm: LLM, constitution: Constitution, rows: list[_Row]) -> Written:
-    critique, revise = load("critique"), load("revise")
-    kept, rejected, failed = [], [], []
-    for row in rows:
-        src, revised = row.source, row.revised_steps
-        final = row.answer if revised else None
-        out = {**src, "revision": final, "changed": None if final is None else final != src["initial"],
-               "rounds_revised": len(revised), "principles": [s["principle"] for s in row.steps], "chain": row.steps,
-               "constitution": constitution.name, "judge_label": row.judge_label,
-               **provenance(llm.provider, llm.model, f"{critique.name}+{revise.name}",
-                            f"{critique.version}+{revise.version}", combined(row.results))}
-        if row.error is not None:
-            failed.append({**out, "error": row.error})
-        elif row.reason is not None:
-            rejected.append({**out, "reason": row.reason})
-        else:
-            kept.append(out)
-    return run.write_batch(STAGE, number, kept=frame(kept, STAGE), rejected=frame(rejected, STAGE),
-                           failed=frame(failed, STAGE))
-
-
 def sft(revisions: pl.DataFrame) -> pl.DataFrame:
     """The final revision of every kept row as a two-turn conversation."""
     return revisions.select(
@@ -252,7 +331,7 @@ def dpo(revisions: pl.DataFrame) -> pl.DataFrame:
                             "principles", "prompt_id", "response_id", pl.col("id").alias("revision_id"))
 
 
-def write_datasets(run: Run) -> dict[str, int]:
+def write_datasets(run: "Run") -> dict[str, int]:
     kept = run.read(STAGE)
     datasets = {"cai_sft": sft(kept), "cai_dpo": dpo(kept)}
     for name, df in datasets.items():

@@ -1,32 +1,42 @@
-"""A run: its config, its place in the store, its request cache, and how a stage writes a batch."""
+"""A run: its config, its place in the store, its sampling seed, and the batch checkpoints that make it resumable.
+
+A run's state lives in its store, never only on one machine: each batch's outputs, its answers (`answers/`),
+and a checkpoint written after them (`checkpoints/`). Any process that can read the store can resume the run.
+"""
 from __future__ import annotations
 
+import hashlib
+import re
+import uuid
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import polars as pl
 
-from alignflow import gate, progress
-from alignflow.config import PipelineConfig
+from alignflow import progress
+from alignflow.config import LLMConfig, PipelineConfig
+from alignflow.llm import client
 from alignflow.llm.cache import RequestCache
-from alignflow.llm.client import LLM
+from alignflow.llm.client import LLM, Answers
 from alignflow.llm.types import Request, Result
 from alignflow.records import schema_for
-from alignflow.store import Store
+from alignflow.store import OUTCOMES, Store, batch_key
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
 
 
-class Written(dict):
-    """Row counts per outcome of one written batch, and the gate's result for it (None when not gated)."""
-
-    def __init__(self, counts: dict[str, int], gate=None):
-        super().__init__(counts)
-        self.gate = gate
+_BATCH_FILE = re.compile(r"^batch-(\d+)\.(parquet|json)$")
 
 
 @dataclass
 class Run:
     config: PipelineConfig
     run_id: str
+
+    def __reduce__(self):  # a Run travels to other workers as its config and id; clients are made again there
+        return Run, (self.config, self.run_id)
 
     @cached_property
     def store(self) -> Store:
@@ -40,25 +50,72 @@ class Run:
     def url(self) -> str:
         return self.store.join(self.run_id)
 
+    @cached_property
+    def seed(self) -> int:
+        """The sampling seed: `seed` when set, else derived from the run id, so each run draws new samples."""
+        if self.config.seed is not None:
+            return self.config.seed
+        return int.from_bytes(hashlib.sha256(self.run_id.encode()).digest()[:4], "big") >> 1
+
     def llm(self, stage: str) -> LLM:
-        return LLM(self.config.llm_for(stage), self.cache)
+        return self.llm_from(self.config.llm_for(stage))
 
-    def generate(self, llm: LLM, requests: list[Request], label: str) -> list[Result]:
-        """Generate with the stage's progress shown: rows done of total, rate, failures so far."""
-        with progress.track(label, len(requests)) as bar:
-            return llm.generate(requests, on_result=lambda r: bar.advance(label, 1, int(not r.ok)))
+    def llm_from(self, config: LLMConfig) -> LLM:
+        return LLM(config, self.cache, self.seed)
 
-    def write_batch(self, stage: str, number: int, **outcomes: pl.DataFrame) -> "Written":
-        """Write one batch through the stage's gate: its outcomes, or all of it to quarantine. Returns row counts."""
-        counts, result = gate.write_batch(self.store, self.run_id, stage, number, outcomes, self.config.gate)
-        return Written(counts, result)
+    def generate(self, calls: list[tuple[LLM, Request]], label: str, answers: Answers | None = None) -> list[Result]:
+        """Every call at once, each under its endpoint's limits, with the stage's progress shown."""
+        with progress.track(label, len(calls)) as bar:
+            return client.generate(calls, lambda r: bar.advance(label, 1, int(not r.ok)), answers)
+
+    # -- batches in the store ----------------------------------------------------------------------------------
 
     def read(self, stage: str, outcome: str = "kept") -> pl.DataFrame:
+        """Every batch of one outcome of a stage."""
         return self.store.read_dir(f"{self.run_id}/{stage}/{outcome}", schema=schema_for(stage))
 
-    def reset_stage(self, stage: str) -> None:
-        """A stage rewrites its batches on every run; the request cache makes that free."""
-        self.store.delete_prefix(f"{self.run_id}/{stage}/")
+    def read_batch(self, stage: str, number: int, outcome: str = "kept") -> pl.DataFrame:
+        """One batch of one outcome; empty (with the stage's schema) when the batch made no such rows."""
+        key = batch_key(self.run_id, stage, outcome, number)
+        if not self.store.exists(key):
+            return pl.DataFrame(schema=schema_for(stage))
+        df = self.store.read_parquet(key)
+        missing = {n: t for n, t in schema_for(stage).items() if n not in df.columns}
+        return df.with_columns(pl.lit(None, t).alias(n) for n, t in missing.items()) if missing else df
 
-    def record_stage(self, stage: str, inputs: int, note: str = "") -> None:
-        self.store.write_json(f"{self.run_id}/{stage}/stage.json", {"stage": stage, "inputs": inputs, "note": note})
+    def checkpoint_key(self, stage: str, number: int) -> str:
+        return f"{self.run_id}/{stage}/checkpoints/batch-{number:05d}.json"
+
+    def checkpoint(self, stage: str, number: int) -> dict[str, Any] | None:
+        """The record of a finished batch, or None when it is not done."""
+        key = self.checkpoint_key(stage, number)
+        return self.store.read_json(key) if self.store.exists(key) else None
+
+    def write_checkpoint(self, stage: str, number: int, record: dict[str, Any]) -> None:
+        self.store.write_json(self.checkpoint_key(stage, number), record)
+
+    def checkpoints(self, stage: str) -> list[dict[str, Any]]:
+        """Every finished batch of a stage, in batch order."""
+        keys = [k for k in self.store.list_dir(f"{self.run_id}/{stage}/checkpoints") if k.endswith(".json")]
+        return [self.store.read_json(k) for k in keys]
+
+    def clear_batch(self, stage: str, number: int) -> None:
+        """Remove what an earlier attempt at a batch wrote (its checkpoint first), before it is made again."""
+        self.store.delete(self.checkpoint_key(stage, number))
+        for outcome in OUTCOMES:
+            self.store.delete(batch_key(self.run_id, stage, outcome, number))
+        self.store.delete(batch_key(self.run_id, stage, "quarantine", number).removesuffix(".parquet") + ".json")
+
+    def prune(self, stage: str, numbers: set[int]) -> None:
+        """Drop the outputs of batches a stage no longer makes (its input shrank); their answers stay."""
+        for key in self.store.list(f"{self.run_id}/{stage}/"):
+            match = _BATCH_FILE.match(key.rsplit("/", 1)[-1])  # outputs and checkpoints; answers are `part-*`
+            if match and int(match[1]) not in numbers:
+                self.store.delete(key)
+
+    def stage_record(self, stage: str) -> dict[str, Any] | None:
+        key = f"{self.run_id}/{stage}/stage.json"
+        return self.store.read_json(key) if self.store.exists(key) else None
+
+    def write_stage_record(self, stage: str, record: dict[str, Any]) -> None:
+        self.store.write_json(f"{self.run_id}/{stage}/stage.json", record)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from alignflow.records import frame, stable_id
+from alignflow.records import content_hash, frame, stable_id
+from alignflow.step import Answer, Batch, BatchRef, Outcomes, Step
 
 
 class SeedError(ValueError):
@@ -44,3 +45,24 @@ def _instruction(line: str, path: Path, number: int) -> str:
     instances = record.get("instances") or []
     first_input = instances[0].get("input", "").strip() if instances and isinstance(instances[0], dict) else ""
     return f"{text}\n{first_input}" if first_input else text
+
+
+class Seeds(Step):
+    """The seed file as the run's first stage, so every later batch key follows from its content."""
+
+    stage = "seeds"
+
+    def settings(self) -> dict:
+        return {"content": content_hash(load_seeds(self.config.seeds))}
+
+    def refs(self) -> list[BatchRef]:
+        return [BatchRef(0)]
+
+    def load(self, ref: BatchRef) -> Batch:
+        return self.batch_of(ref, load_seeds(self.config.seeds))
+
+    def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
+        out = Outcomes()
+        for row in batch.inputs.iter_rows(named=True):
+            out.keep(row)
+        return out

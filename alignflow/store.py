@@ -68,8 +68,14 @@ class _Local:
     def read_parquet(self, key: str) -> pl.DataFrame:
         return pl.read_parquet(self._existing(key))
 
+    def row_count(self, key: str) -> int:
+        return pl.scan_parquet(self._existing(key)).select(pl.len()).collect().item()
+
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -136,6 +142,16 @@ class _S3:
             return pl.read_parquet(self.join(key), storage_options=self.storage_options())
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {self.join(key)}") from None
+
+    def row_count(self, key: str) -> int:
+        """From the Parquet footer alone: polars fetches only the metadata."""
+        try:
+            return pl.scan_parquet(self.join(key), storage_options=self.storage_options()).select(pl.len()).collect().item()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no such object: {self.join(key)}") from None
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
 
     @staticmethod
     def storage_options() -> dict[str, str]:
@@ -207,6 +223,10 @@ class Store:
         """Read one parquet file."""
         return self._backend.read_parquet(key)
 
+    def row_count(self, key: str) -> int:
+        """Rows of one parquet file, read from its metadata."""
+        return self._backend.row_count(key)
+
     def read_dir(self, key_prefix: str, schema: dict | None = None) -> pl.DataFrame:
         """All ``*.parquet`` directly under ``key_prefix``, concatenated in name order.
 
@@ -236,6 +256,14 @@ class Store:
     def list(self, key_prefix: str) -> list[str]:
         """Sorted keys of all files under ``key_prefix``, recursively."""
         return self._backend.list(_dir_prefix(key_prefix))
+
+    def list_dir(self, key_prefix: str) -> list[str]:
+        """Sorted keys of the files directly under ``key_prefix``."""
+        return self._backend.list_dir(_dir_prefix(key_prefix))
+
+    def delete(self, key: str) -> None:
+        """Delete one file; nothing happens when it is not there."""
+        self._backend.delete(key)
 
     def delete_prefix(self, key_prefix: str) -> None:
         """Delete every file under ``key_prefix``."""

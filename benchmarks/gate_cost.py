@@ -19,11 +19,15 @@ import time
 from pathlib import Path
 
 from alignflow import gate
-from alignflow.config import DedupConfig
+from alignflow.config import DedupConfig, LLMConfig
 from alignflow.dedup import make_index
-from alignflow.expectations import load_suite
+from alignflow.expectations import load_suite, suite_path
+from alignflow.llm.client import LLM
 from alignflow.llm.types import Result
-from alignflow.records import frame, provenance, stable_id
+from alignflow.prompts import load
+from alignflow.records import frame, stable_id
+from alignflow.runner import provenance
+from alignflow.step import Answer, Job
 from alignflow.store import Store, batch_key
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "t0_train_prompts.jsonl.gz"
@@ -43,16 +47,18 @@ def texts(n: int) -> list[tuple[str, str]]:
 
 
 def build(pairs: list[tuple[str, str]], offset: int) -> list[dict]:
-    """Rows as `responses.respond_batch` builds them from LLM results."""
-    rows = []
+    """Rows as the responses step and the runner build them from LLM answers."""
+    llm = LLM(LLMConfig(provider="openai", model="gpt-4o-mini"))
+    rows, charged = [], set()
     for i, (instruction, response) in enumerate(pairs, offset):
         result = Result(ok=True, text=response, finish_reason="stop", input_tokens=len(instruction) // 4,
                         output_tokens=len(response) // 4, latency_s=1.2, attempts=1)
+        answer = Answer(Job(llm, llm.request([{"role": "user", "content": instruction}]), load("respond")), result)
         instruction_id = stable_id("instructions", instruction)
         rows.append({"id": stable_id(STAGE, instruction_id, "openai", "gpt-4o-mini", 0, i % 2, None),
                      "instruction_id": instruction_id, "instruction": instruction, "response": response.strip(),
                      "generator": "0:openai:gpt-4o-mini", "sample": i % 2, "principle": None, "temperature": 0.7,
-                     "max_tokens": 512, **provenance("openai", "gpt-4o-mini", "respond", "1", result)})
+                     "max_tokens": 512, **provenance((answer,), charged)})
     return rows
 
 
@@ -102,7 +108,7 @@ def main() -> None:
 
     pairs = texts(args.rows)
     started = time.perf_counter()
-    suite = load_suite(Path("expectations") / f"{STAGE}.json")
+    suite = load_suite(suite_path(None, STAGE))
     gate._gx()  # GX's import, the suite and the context: once per process
     gx_once = time.perf_counter() - started
 

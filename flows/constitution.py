@@ -1,15 +1,15 @@
 """Constitutional AI: critique → revision rounds (SL-CAI), and AI preference labels under principles (RL-CAI)."""
 from __future__ import annotations
 
-from collections import Counter
-
 from prefect import flow, get_run_logger
 
 from alignflow import cai_labels, revisions
 from alignflow.config import LLMOverride, PipelineConfig
 from alignflow.constitution import load_constitution
 from alignflow.run import Run
-from tasks.constitution import cai_labels_batch, revisions_batch, write_cai_datasets, write_cai_labels
+from flows.batches import run_stage
+from tasks.constitution import write_cai_datasets, write_cai_labels
+from tasks.stages import start_run, write_manifest
 
 
 @flow(name="constitution")
@@ -21,17 +21,13 @@ def constitution_flow(config: PipelineConfig, run_id: str, prompts: str | None =
     sizes of `datasets/cai_sft` and `datasets/cai_dpo`.
     """
     run = Run(config, run_id)
-    cfg = config.constitution
-    constitution = load_constitution(cfg.file)
-    constitution.check_rounds(cfg.rounds)
-    inputs = revisions.prompts_from_file(prompts) if prompts else revisions.inputs_from_run(run)
-    run.reset_stage(revisions.STAGE)
-    futures = [revisions_batch.submit(run, n, inputs.slice(start, cfg.batch_size), constitution, initial_llm)
-               for n, start in enumerate(range(0, inputs.height, cfg.batch_size))]
-    rows = _total(f.result() for f in futures)
-    run.record_stage(revisions.STAGE, inputs.height)
+    options = {"constitution": load_constitution(config.constitution.file), "initial": initial_llm, "prompts": prompts}
+    options["constitution"].check_rounds(config.constitution.rounds)
+    start_run(run, ["revisions"], {"revisions": options})
+    rows = run_stage(run, "revisions", revisions.Revisions(run, **options).refs(), options)
     datasets = write_cai_datasets(run)
-    get_run_logger().info("revisions of %d answers: %s; datasets: %s", inputs.height, rows, datasets)
+    write_manifest(run)
+    get_run_logger().info("revisions: %s; datasets: %s", rows, datasets)
     return {"rows": rows, "datasets": datasets}
 
 
@@ -42,23 +38,11 @@ def cai_labels_flow(config: PipelineConfig, run_id: str, pairs: str | None = Non
     Returns rows per outcome, the number of ties (the two orders disagreed) and the size of `datasets/cai_labels`.
     """
     run = Run(config, run_id)
-    size = config.constitution.batch_size
-    constitution = load_constitution(config.constitution.file)
-    items = cai_labels.pairs_from_file(pairs) if pairs else cai_labels.pairs_from_run(run)
-    run.reset_stage(cai_labels.STAGE)
-    futures = [cai_labels_batch.submit(run, n, items.slice(start, size), constitution)
-               for n, start in enumerate(range(0, items.height, size))]
-    rows = _total(f.result() for f in futures)
-    run.record_stage(cai_labels.STAGE, items.height)
+    options = {"constitution": load_constitution(config.constitution.file), "pairs": pairs}
+    start_run(run, ["cai_labels"], {"cai_labels": options})
+    rows = run_stage(run, "cai_labels", cai_labels.CaiLabels(run, **options).refs(), options)
     labelled = write_cai_labels(run)
+    write_manifest(run)
     ties = int(run.read(cai_labels.STAGE)["tie"].sum())
-    get_run_logger().info("labels for %d pairs: %s, %d ties", items.height, rows, ties)
+    get_run_logger().info("labels: %s, %d ties", rows, ties)
     return {"rows": rows, "ties": ties, "datasets": {"cai_labels": labelled}}
-
-
-def _total(batches) -> dict[str, int]:
-    """Rows per outcome over all batches, zeros included."""
-    total: Counter = Counter()
-    for counts in batches:
-        total.update(counts)
-    return dict(total)

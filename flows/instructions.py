@@ -1,28 +1,61 @@
-"""Instructions: Self-Instruct (and Evol-Instruct) rounds until the target number of kept instructions or the round limit."""
+"""Instructions: Self-Instruct (and Evol-Instruct) rounds, one after another, until the target or a budget."""
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger
 
 from alignflow.config import PipelineConfig
 from alignflow.run import Run
-from tasks.stages import instructions_round, load_seeds_task
+from alignflow.step import BatchRef
+from alignflow.target import Target
+from tasks.stages import BATCH, start_run
+
+
+class Rounds:
+    """Instruction rounds, each one task and one batch (number = round), each seeing every row the rounds before
+    it kept. A round an earlier attempt made is always run again (it is checkpointed: nothing is asked); a new
+    round starts only while `enough()` says no and no budget is spent (`stopped_by` then says which)."""
+
+    def __init__(self, run: Run, target: Target, enough: Callable[[], bool], tokens: Callable[[], int]):
+        self.run, self.target, self.enough, self.tokens = run, target, enough, tokens
+        self.records: list[dict[str, Any]] = []
+        self.stopped_by: str | None = None
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            number = len(self.records)
+            fresh = self.run.checkpoint("instructions", number) is None
+            self.stopped_by = self.target.spent(number, self.tokens() if fresh else 0)
+            if self.stopped_by or (fresh and self.enough()):
+                return
+            record = BATCH["instructions"](self.run, "instructions", BatchRef(number))
+            self.records.append(record)
+            yield record
+
+    @property
+    def kept(self) -> int:
+        return sum(r["counts"]["kept"] for r in self.records)
+
+    @property
+    def spent_tokens(self) -> int:
+        return sum(r["input_tokens"] + r["output_tokens"] for r in self.records)
 
 
 @flow(name="instructions")
 def instructions_flow(config: PipelineConfig, run_id: str) -> int:
-    """Each round is one task and one batch (number = round); it sees every row the earlier rounds kept."""
+    """Rounds until `instructions.target` instructions are kept; returns how many are."""
     run = Run(config, run_id)
+    target = Target.of(config)
+    if target.dataset != "instructions":
+        raise ValueError(f"instructions.target names the {target.dataset} dataset: run the pipeline to make it")
+    start_run(run, ["seeds", "instructions"], {})
+    rounds = Rounds(run, target, enough=lambda: rounds.kept >= target.rows, tokens=lambda: rounds.spent_tokens)
     logger = get_run_logger()
-    cfg = run.config.instructions
-    load_seeds_task(run)
-    run.reset_stage("instructions")
-    kept = requests = 0
-    for round_no in range(cfg.max_rounds):
-        counts = instructions_round(run, round_no)
-        requests += counts["requests"]
-        kept = run.read("instructions").height  # what is on disk: a quarantined batch adds nothing
-        logger.info("round %d: %s (kept so far %d of %d)", round_no, dict(counts), kept, cfg.target)
-        if kept >= cfg.target:
-            break
-    run.record_stage("instructions", requests, note="inputs are requests; each yields candidates or one failed row")
-    return kept
+    for record in rounds:
+        logger.info("round %d: %s (kept so far %d of %d)", record["number"], record["counts"], rounds.kept, target.rows)
+    run.prune("instructions", set(range(len(rounds.records))))
+    if message := target.message(rounds.kept, rounds.stopped_by):
+        logger.warning(message)
+    return rounds.kept

@@ -1,34 +1,118 @@
 """The whole pipeline, top to bottom like the diagram:
-seeds → instructions → responses → (constitution) → judge → pairs → datasets. Every batch passes its gate."""
+
+    seeds → instruction rounds ─┬─► responses → (revisions) → judgments → pairs     one chain per batch,
+                                └─► ...                                            streaming
+          → datasets → manifest
+
+Instruction rounds run one after another (each dedups against the pool before it). Every batch of kept
+instructions goes on at once through its own chain of tasks, each waiting only for its own upstream batch, while
+later rounds are still generating. Every batch passes its gate before the next stage sees it.
+"""
 from __future__ import annotations
 
-import uuid
+from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from alignflow.config import PipelineConfig
-from alignflow.run import Run
-from flows.constitution import constitution_flow
-from flows.instructions import instructions_flow
-from flows.preferences import judge_flow, pairs_flow
-from flows.responses import responses_flow
+from alignflow.constitution import load_constitution
+from alignflow.run import Run, new_run_id
+from alignflow.step import BatchRef, slices
+from alignflow.target import COUNTED_BY, Target
+from flows.instructions import Rounds
+from tasks.constitution import write_cai_datasets
 from tasks.gate import final_state
-from tasks.stages import write_datasets, write_manifest
+from tasks.stages import BATCH, start_run, write_datasets, write_manifest
+
+# batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
+WORKERS = 16
 
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:12]
+class Chains:
+    """The batches downstream of the instruction rounds: batch `n` of responses, revisions, judgments and pairs
+    covers the same instructions, and each task starts as soon as its own upstream batch is done."""
+
+    def __init__(self, run: Run, options: dict[str, dict[str, Any]]):
+        self.run, self.options = run, options
+        self.stages = ["responses", *(["revisions"] if run.config.constitution.enabled else []), "judgments", "pairs"]
+        self.futures: dict[str, list[PrefectFuture]] = {stage: [] for stage in self.stages}
+        self.sizes: list[int] = []  # instructions per chain
+
+    def add(self, round_record: dict[str, Any]) -> None:
+        kept, size = round_record["counts"]["kept"], self.run.config.responses.batch_size
+        for ref in slices(len(self.sizes), round_record["number"], kept, size):
+            chain = BatchRef(ref.number, ref.number)
+            responses = self._submit("responses", ref)
+            if "revisions" in self.futures:
+                self._submit("revisions", chain, wait_for=[responses])
+            judged = self._submit("judgments", chain, wait_for=[responses])
+            self._submit("pairs", chain, wait_for=[judged])
+            self.sizes.append(ref.stop - ref.start)
+
+    def _submit(self, stage: str, ref: BatchRef, wait_for: list[PrefectFuture] | None = None) -> PrefectFuture:
+        future = BATCH[stage].submit(self.run, stage, ref, self.options.get(stage), wait_for=wait_for)
+        self.futures[stage].append(future)
+        return future
+
+    def finished(self, stage: str) -> list[dict[str, Any]]:
+        return [f.result() for f in self.futures[stage] if f.wrapped_future.done()]
+
+    def pending_instructions(self, stage: str) -> int:
+        """Instructions in chains whose `stage` batch is not done yet."""
+        return sum(size for size, f in zip(self.sizes, self.futures[stage]) if not f.wrapped_future.done())
+
+    def tokens(self) -> int:
+        return sum(r["input_tokens"] + r["output_tokens"] for stage in self.stages for r in self.finished(stage))
+
+    def wait(self) -> None:
+        for stage in self.stages:
+            for future in self.futures[stage]:
+                future.result()  # raises when a batch failed: the flow run fails, naming it
 
 
-@flow(name="pipeline")
+def enough(target: Target, rounds: Rounds, chains: Chains) -> bool:
+    """Whether the run has made its target, waiting for the chains in flight only when they could complete it."""
+    if target.dataset == "instructions":
+        return rounds.kept >= target.rows
+    stage = COUNTED_BY[target.dataset][0]
+    made = target.count(chains.finished(stage))
+    if made >= target.rows:
+        return True
+    done = sum(size for size, f in zip(chains.sizes, chains.futures[stage]) if f.wrapped_future.done())
+    rate = made / done if done else target.most_per_instruction  # observed yield, or the most it could be
+    if made + chains.pending_instructions(stage) * rate < target.rows:
+        return False
+    chains.wait()
+    return target.count(chains.finished(stage)) >= target.rows
+
+
+@flow(name="pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
 def pipeline(config: PipelineConfig, run_id: str | None = None) -> dict:
-    """Run every stage on one run id; returns the manifest. The same run id resumes from the request cache."""
+    """Every stage on one run id; returns the manifest. The same run id resumes from the batches in the store."""
     run = Run(config, run_id or new_run_id())
-    instructions_flow(config, run.run_id)
-    responses_flow(config, run.run_id)
-    if config.constitution.enabled:
-        constitution_flow(config, run.run_id)
-    judge_flow(config, run.run_id)
-    pairs_flow(config, run.run_id)
-    write_datasets(run)
-    return final_state(run.store, run.run_id, write_manifest(run))  # Completed, naming any quarantined batch
+    options = {"revisions": {"constitution": load_constitution(config.constitution.file)}} \
+        if config.constitution.enabled else {}
+    stages = ["seeds", "instructions", "responses", *(["revisions"] if options else []), "judgments", "pairs"]
+    start_run(run, stages, options)
+
+    target = Target.of(config)
+    chains = Chains(run, options)
+    rounds = Rounds(run, target, enough=lambda: enough(target, rounds, chains),
+                    tokens=lambda: rounds.spent_tokens + chains.tokens())
+    for record in rounds:
+        chains.add(record)
+    chains.wait()
+
+    run.prune("instructions", set(range(len(rounds.records))))
+    for stage in chains.stages:
+        run.prune(stage, set(range(len(chains.sizes))))
+    datasets = write_datasets(run)
+    if options:
+        datasets |= write_cai_datasets(run)
+    made = rounds.kept if target.dataset == "instructions" else datasets.get(target.dataset, 0)
+    if message := target.message(made, rounds.stopped_by):
+        get_run_logger().warning(message)
+    summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by)})
+    return final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch

@@ -1,33 +1,27 @@
-"""Judging and preference pairs: the judge rates every response, pairs come from the ratings."""
+"""Judging and preference pairs on an existing run: batch `n` of each follows responses batch `n`."""
 from __future__ import annotations
 
 from prefect import flow
 
-from alignflow import pairs
 from alignflow.config import PipelineConfig
 from alignflow.run import Run
-from tasks.stages import judge_batch, make_pairs
+from alignflow.step import BatchRef
+from flows.batches import run_stage
+
+
+def _following(run: Run, stage: str) -> list[BatchRef]:
+    return [BatchRef(r["number"], r["number"]) for r in run.checkpoints(stage)]
 
 
 @flow(name="judge")
 def judge_flow(config: PipelineConfig, run_id: str) -> int:
+    """Judge every kept response of the run; returns how many judgments are kept."""
     run = Run(config, run_id)
-    size = run.config.judge.batch_size
-    responses = run.read("responses")
-    instructions = responses["instruction_id"].n_unique()
-    run.reset_stage("judgments")
-    futures = [judge_batch.submit(run, n, start, size) for n, start in enumerate(range(0, instructions, size))]
-    counts = [f.result() for f in futures]
-    run.record_stage("judgments", responses.height, note="inputs are responses; each is judged or failed")
-    return sum(c["kept"] for c in counts)
+    return run_stage(run, "judgments", _following(run, "responses"))["kept"]
 
 
 @flow(name="pairs")
 def pairs_flow(config: PipelineConfig, run_id: str) -> dict[str, int]:
+    """Pairs from every batch of judgments; returns rows per outcome."""
     run = Run(config, run_id)
-    run.reset_stage("pairs")
-    counts = make_pairs(run)
-    strategy = run.config.pairs.strategy
-    run.record_stage("pairs", pairs.inputs(run.read("judgments"), strategy),
-                     note="inputs are candidate pairs" if strategy == "all_pairs" else "inputs are judged instructions")
-    return counts
+    return run_stage(run, "pairs", _following(run, "judgments"))

@@ -1,22 +1,16 @@
-"""Responses: each batch of instructions is one task run."""
+"""Responses: each batch (a slice of one instruction round's kept rows) is one task run."""
 from __future__ import annotations
 
 from prefect import flow
 
 from alignflow.config import PipelineConfig
+from alignflow.responses import Responses
 from alignflow.run import Run
-from tasks.stages import responses_batch
+from flows.batches import run_stage
 
 
 @flow(name="responses")
 def responses_flow(config: PipelineConfig, run_id: str) -> int:
+    """Responses for every kept instruction of the run; returns how many responses are kept."""
     run = Run(config, run_id)
-    cfg = run.config.responses
-    total = run.read("instructions").height
-    run.reset_stage("responses")
-    futures = [responses_batch.submit(run, n, start, cfg.batch_size)
-               for n, start in enumerate(range(0, total, cfg.batch_size))]
-    counts = [f.result() for f in futures]
-    run.record_stage("responses", total * cfg.per_instruction * len(config.generators()),
-                     note="inputs are (instruction, model, sample) requests")
-    return sum(c["kept"] for c in counts)
+    return run_stage(run, "responses", Responses(run).refs())["kept"]

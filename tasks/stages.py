@@ -1,52 +1,42 @@
-"""One task per batch of each stage. Tasks read their input from the store, so they run in any worker."""
+"""Prefect tasks: one task run per batch of any stage, and the run-level steps around the batches.
+
+Tasks take a Run and a BatchRef and read their input from the store themselves, so they run in any worker.
+"""
 from __future__ import annotations
 
-import polars as pl
-from prefect import task
+from typing import Any
+
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from alignflow import exports, instructions, judge, manifest, pairs, responses
+from alignflow import exports, manifest, runner, stages
 from alignflow.run import Run
-from alignflow.seeds import load_seeds
+from alignflow.step import BatchRef
 from tasks.gate import publish
 
 
-def publish_gate(run: Run, written: dict) -> dict[str, int]:
-    """The gate's verdict on the batch, as a Prefect artifact (and an event when quarantined)."""
-    publish(getattr(written, "gate", None), run.run_id)
-    return dict(written)
+def run_batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One batch of `stage` through the runner; its gate verdict published. Returns its checkpoint record."""
+    done = runner.run_batch(run, stages.step(run, stage, **(options or {})), ref)
+    publish(done.gate, run.run_id)
+    return done.record
 
 
-@task(name="load-seeds", cache_policy=NO_CACHE)
-def load_seeds_task(run: Run) -> int:
-    run.reset_stage("seeds")
-    seeds = load_seeds(run.config.seeds)
-    run.write_batch("seeds", 0, kept=seeds)
-    run.record_stage("seeds", seeds.height)
-    return seeds.height
+_batch = task(run_batch, cache_policy=NO_CACHE)
+BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stage}-{{ref.number}}")
+         for stage in stages.STEPS}
 
 
-@task(name="instructions-round", cache_policy=NO_CACHE)
-def instructions_round(run: Run, round_no: int) -> dict[str, int]:
-    return publish_gate(run, instructions.run_round(run, round_no, run.read("seeds"), run.read("instructions")))
-
-
-@task(name="responses-batch", cache_policy=NO_CACHE)
-def responses_batch(run: Run, number: int, start: int, size: int) -> dict[str, int]:
-    return publish_gate(run, responses.respond_batch(run, number, run.read("instructions").slice(start, size)))
-
-
-@task(name="judge-batch", cache_policy=NO_CACHE)
-def judge_batch(run: Run, number: int, start: int, size: int) -> dict[str, int]:
-    """Instructions `start`..`start+size` (in id order) with all their responses: one judge call per aspect each."""
-    responses = run.read("responses")
-    ids = responses["instruction_id"].unique().sort().slice(start, size)
-    return publish_gate(run, judge.judge_batch(run, number, responses.filter(pl.col("instruction_id").is_in(ids.implode()))))
-
-
-@task(name="make-pairs", cache_policy=NO_CACHE)
-def make_pairs(run: Run) -> dict[str, int]:
-    return publish_gate(run, pairs.make_pairs(run, run.read("responses"), run.read("judgments")))
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]]) -> list[str]:
+    """Say, before anything is made, which stages a changed config makes again; then make the seeds batch."""
+    redo, keys = stages.changed_stages(run, [stages.step(run, s, **options.get(s, {})) for s in names])
+    if redo:
+        get_run_logger().warning("run %s: the config changed (%s); redoing %s", run.run_id, ", ".join(keys),
+                                 ", ".join(redo))
+    if "seeds" in names:
+        run_batch(run, "seeds", BatchRef(0))
+    return redo
 
 
 @task(name="write-datasets", cache_policy=NO_CACHE)
@@ -55,5 +45,5 @@ def write_datasets(run: Run) -> dict[str, int]:
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
-def write_manifest(run: Run) -> dict:
-    return manifest.write(run.store, run.run_id)
+def write_manifest(run: Run, extra: dict[str, Any] | None = None) -> dict:
+    return manifest.write(run.store, run.run_id, extra)

@@ -354,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(kind, 500, f"responder failed: {exc!r}")
             return
         if self._send(200, body):
-            owner._count("served")
+            owner._record_served(req)
 
     def _error(self, kind: str, status: int, message: str,
                headers: dict[str, str] | None = None) -> None:
@@ -404,11 +404,13 @@ class LLMTestServer:
         self.latency_s, self.hang_s, self.retry_after_s = latency_s, hang_s, retry_after_s
         self.seed = seed
         self._rng = random.Random(seed)
+        self._seen: dict[int, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.requests = 0
+        self.served_log: list[tuple[float, int]] = []  # (time, digest of the request) of every answer delivered
         self.served = 0
         self.url = ""
         self.openai_base_url = ""
@@ -437,9 +439,15 @@ class LLMTestServer:
 
     # -- counters
     def reset_counts(self) -> None:
-        """Zero ``requests`` and ``served``."""
+        """Zero ``requests`` and ``served``, and forget the served log."""
         with self._lock:
             self.requests = self.served = 0
+            self.served_log = []
+
+    def _record_served(self, req: dict) -> None:
+        with self._lock:
+            self.served += 1
+            self.served_log.append((time.time(), _digest(req)))
 
     def _count(self, attr: str) -> None:
         with self._lock:
@@ -456,8 +464,20 @@ class LLMTestServer:
         return None
 
     # -- answers
+    def _occurrence(self, req: dict) -> int:
+        """How many times this very request was answered before, when it carries no sampling seed (Anthropic's API
+        has none): a real model samples anew each time, so the n-th asking gets the n-th answer. With a seed
+        (OpenAI's), the same request gets the same answer, as the seed promises."""
+        if "seed" in req:
+            return 0
+        key = _digest(req)
+        with self._lock:
+            seen = self._seen.get(key, 0)
+            self._seen[key] = seen + 1
+        return seen
+
     def _answer(self, req: dict, kind: str, malformed: bool) -> dict:
-        rnd = random.Random(_digest(self.seed, kind, req))
+        rnd = random.Random(_digest(self.seed, kind, req, self._occurrence(req)))
         structured = _structured_schema(req, kind)
         custom = self.respond(req, kind) if self.respond else None
         if structured is not None:

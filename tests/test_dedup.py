@@ -14,7 +14,7 @@ import scipy.sparse as sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignflow.cli import main
+from flows.cli import main
 from alignflow.commands import dedup as command
 from alignflow.config import DedupConfig
 from alignflow.dedup import make_index, semantic

@@ -9,10 +9,12 @@ from llm_server import LLMTestServer
 
 from alignflow import evol
 from alignflow.config import parse_config
-from alignflow.instructions import run_round
+from alignflow.instructions import Instructions
+from alignflow.runner import run_batch
 from alignflow.prompts import load
 from alignflow.run import Run
-from alignflow.seeds import load_seeds
+from alignflow.seeds import Seeds, load_seeds
+from alignflow.step import BatchRef
 
 ORIGINAL = "Give three tips for learning a new language."
 
@@ -100,8 +102,9 @@ def test_evolutions_in_a_round_are_kept_or_rejected_with_their_reason(tmp_path, 
                                                 "evol": {"enabled": True, "per_round": len(EVOLUTIONS)}}})
         run = Run(config, "evol")
         seed_rows = load_seeds(seeds)
-        counts = run_round(run, 0, seed_rows, run.read("instructions"))
-    assert counts["requests"] == 1 + len(EVOLUTIONS) and counts["failed"] == 0
+        run_batch(run, Seeds(run), BatchRef(0))
+        record = run_batch(run, Instructions(run), BatchRef(0)).record
+    assert record["requests"] == record["inputs"] == 1 + len(EVOLUTIONS) and record["counts"]["failed"] == 0
     rows = pl.concat([run.read("instructions", "kept"), run.read("instructions", "rejected")])
     evolved = rows.filter(pl.col("source") == "evol_instruct")
     assert evolved.height == len(EVOLUTIONS)

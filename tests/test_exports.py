@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from alignflow import manifest
-from alignflow.cli import main
+from flows.cli import main
 from alignflow.config import parse_config
 from alignflow.exports import ARGILLA_DATASET, ARGILLA_RECORDS, ARGILLA_SETTINGS, dpo, kto, sft, write_datasets
 from alignflow.records import frame
@@ -141,7 +141,7 @@ def test_write_datasets_honours_the_pairs_format(tmp_path, pairs_format):
 def test_write_datasets_with_no_kept_pairs_writes_empty_files_over_stale_ones(tmp_path):
     run = make_run(tmp_path)
     assert write_datasets(run)["dpo"] == 2
-    run.reset_stage("pairs")
+    run.store.delete_prefix(f"{run.run_id}/pairs/")
     put(run, "pairs", "rejected", pairs())
     assert write_datasets(run) == {"dpo": 0, "sft": 5, "kto": 0}
     assert pl.read_parquet(tmp_path / "r1" / "datasets" / "dpo.parquet").columns[:3] == ["prompt", "chosen", "rejected"]

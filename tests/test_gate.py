@@ -1,4 +1,4 @@
-"""The data-quality gate: real GX suites (expectations/*.json) on batches built from the Self-Instruct seed tasks."""
+"""The data-quality gate: real GX suites (alignflow/suites/*.json) on batches built from the Self-Instruct seed tasks."""
 from __future__ import annotations
 
 import asyncio
@@ -12,6 +12,7 @@ import pytest
 
 from alignflow import gate, quarantine
 from alignflow.config import GateConfig
+from alignflow.expectations import SuiteError
 from alignflow.records import frame, stable_id
 from alignflow.store import Store, batch_key
 
@@ -115,12 +116,24 @@ def test_good_batches_of_every_stage_pass_and_are_written(store, texts):
         assert "passed" in result.summary() and "passed" in result.markdown()
 
 
-def test_no_suite_or_gate_disabled_writes_without_a_gate(store, texts, tmp_path):
+def test_gate_disabled_writes_without_a_gate(store, texts):
     bad = dict(rejected=responses(texts, 4, text="", reason="empty response"))
     counts, result = write(store, "responses", 0, GateConfig(enabled=False), **bad)
     assert result is None and counts["rejected"] == 4
-    counts, result = write(store, "responses", 1, GateConfig(suites=str(tmp_path / "none")), **bad)
-    assert result is None and counts["rejected"] == 4 and not store.list(f"{RUN}/responses/quarantine/")
+
+
+def test_a_missing_suite_is_an_error_naming_its_path_and_nothing_is_written(store, texts, tmp_path):
+    """A gate that cannot find its suite must not let the batch through unchecked (run from another directory, say)."""
+    bad = dict(rejected=responses(texts, 4, text="", reason="empty response"))
+    with pytest.raises(SuiteError, match=f"no expectation suite for the responses stage at {tmp_path / 'none'}"):
+        write(store, "responses", 1, GateConfig(suites=str(tmp_path / "none")), **bad)
+    assert not store.list(f"{RUN}/responses/")
+
+
+def test_the_shipped_suites_are_found_from_any_working_directory(store, texts, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    counts, result = write(store, "responses", 0, **dict(rejected=responses(texts, 4, text="", reason="empty response")))
+    assert result is not None and result.quarantined
 
 
 # -- each kind of broken batch is quarantined with a report --------------------------------------------------------
@@ -205,7 +218,7 @@ def test_a_tighter_suite_file_quarantines_a_batch_that_passed(store, texts, tmp_
     batch = dict(kept=responses(texts, 8))
     assert write(store, "responses", 0, **batch)[1].passed
     suites = tmp_path / "suites"
-    shutil.copytree("expectations", suites)
+    shutil.copytree("alignflow/suites", suites)
     suite = json.loads((suites / "responses.json").read_text())
     for exp in suite["expectations"]:
         if exp["type"] == "expect_column_value_lengths_to_be_between" and exp["kwargs"]["column"] == "response":

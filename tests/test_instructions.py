@@ -23,6 +23,7 @@ from alignflow.llm.client import LLM
 from alignflow.llm.types import Result
 from alignflow.run import Run
 from alignflow.seeds import load_seeds
+from alignflow.step import Answer
 from flows.instructions import instructions_flow
 
 THRESHOLD = 0.7
@@ -134,7 +135,7 @@ def test_a_thousand_novel_instructions_and_every_rejection_on_disk(prefect_serve
         assert len(row["parent_ids"]) == 8 and len(machine) == 2
         assert set(row["parent_ids"]) - set(machine) <= set(seeds["id"])
 
-    assert run.store.read_json("big/instructions/stage.json")["inputs"] == requests
+    assert sum(r["inputs"] for r in run.checkpoints("instructions")) == requests
 
 
 def test_rounds_stop_at_the_round_limit_and_dedup_can_be_off(prefect_server, tmp_path):
@@ -152,9 +153,11 @@ def test_only_the_last_task_of_a_cut_off_answer_is_truncated(tmp_path):
     with LLMTestServer() as server:
         run = Run(config_for(server, tmp_path), "cut")
         llm = LLM(run.config.llm_for("instructions"))
-        job = self_instruct_jobs(run, llm, random.Random(0), load_seeds(run.config.seeds).to_dicts(), [])[0]
+        job = self_instruct_jobs(llm, random.Random(0), run.config.instructions,
+                                 load_seeds(run.config.seeds).to_dicts(), [])[0]
     tasks = NewTasks(instructions=["Explain tides to a child.", "Write a limerick about a cat", "Describe the"])
-    rows = candidates(job, Result(ok=True, text=tasks.model_dump_json(), parsed=tasks, finish_reason="length"), 3, llm)
+    answer = Answer(job, Result(ok=True, text=tasks.model_dump_json(), parsed=tasks, finish_reason="length"))
+    rows = candidates(answer, 3)
     assert [r["reason"] for r in rows] == [None, None, "truncated generation (finish reason length)"]
-    assert {r["round"] for r in rows} == {3} and all(r["parent_ids"] == job.parent_ids for r in rows)
-    assert len({r["id"] for r in rows}) == 3 and {r["finish_reason"] for r in rows} == {"length"}
+    assert {r["round"] for r in rows} == {3} and all(r["parent_ids"] == job.data.parent_ids for r in rows)
+    assert len({r["id"] for r in rows}) == 3

@@ -112,3 +112,29 @@ def test_api_key_never_in_results():
         llm = make_llm(server, max_retries=0)
         [result] = llm.generate(prompts(llm, 1))
     assert "sk-test-secret" not in repr(result)
+
+
+def test_a_bug_in_our_code_raises_instead_of_becoming_a_failed_row(monkeypatch):
+    """Only provider and parse failures are failed rows; anything else is a bug, and a bug must be seen."""
+    from alignflow.llm.remote import OpenAIBackend
+
+    async def broken(self, request, timeout_s):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(OpenAIBackend, "complete", broken)
+    with LLMTestServer() as server:
+        llm = make_llm(server)
+        with pytest.raises(KeyError, match="a bug"):
+            llm.generate(prompts(llm, 3))
+
+
+def test_limits_hold_for_the_endpoint_across_concurrent_callers():
+    """Two callers in two threads share one endpoint's cap on requests in flight."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with LLMTestServer(latency_s=0.05) as server:
+        llms = [make_llm(server, max_concurrency=3) for _ in range(2)]
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda llm: llm.generate(prompts(llm, 12)), llms))
+        assert all(r.ok for batch in results for r in batch)
+        assert llms[0].endpoint is llms[1].endpoint and llms[0].endpoint.limits.peak_in_flight == 3

@@ -2,19 +2,30 @@ import polars as pl
 import pytest
 
 from alignflow.config import parse_config
-from alignflow.pairs import inputs, make_pairs
+from alignflow.pairs import SAME_TEXT, Pairs, inputs
 from alignflow.records import frame
 from alignflow.run import Run
+from alignflow.runner import run_batch
+from alignflow.step import BatchRef
+from alignflow.store import batch_key
 
 RATINGS = {"r00": 5, "r01": 2, "r02": 4, "r10": 3, "r11": 3, "r20": 4, "r21": 3, "r30": 4}
 
 
-def fixtures():
-    responses = frame([{"id": k, "instruction_id": "i" + k[1], "instruction": f"task {k[1]}", "response": f"answer {k[1:]}",
-                        "model": f"m{k[2]}"} for k in RATINGS], "responses")
+def fixtures(texts=None):
+    texts = texts or {}
+    responses = frame([{"id": k, "instruction_id": "i" + k[1], "instruction": f"task {k[1]}",
+                        "response": texts.get(k, f"answer {k[1:]}"), "model": f"m{k[2]}"} for k in RATINGS], "responses")
     judgments = frame([{"id": f"j{k}", "response_id": k, "instruction_id": "i" + k[1], "rating": float(v),
                         "helpfulness": float(v), "honesty": float(v)} for k, v in RATINGS.items()], "judgments")
     return responses, judgments
+
+
+def make_pairs(run: Run, responses: pl.DataFrame, judgments: pl.DataFrame) -> dict[str, int]:
+    """The pairs batch of one responses batch and its judgments, as the pipeline makes it."""
+    for stage, rows in (("responses", responses), ("judgments", judgments)):
+        run.store.write_parquet(batch_key(run.run_id, stage, "kept", 0), rows)
+    return run_batch(run, Pairs(run), BatchRef(0, 0)).counts
 
 
 def run_with(tmp_path, **pairs):
@@ -52,7 +63,8 @@ def test_all_pairs_keep_every_pair_over_the_margin_and_count_their_inputs(tmp_pa
     counts = make_pairs(run, responses, judgments)
     kept = run.read("pairs")
     assert sorted(zip(kept["chosen_id"], kept["rejected_id"])) == [("r00", "r01"), ("r00", "r02"), ("r02", "r01"), ("r20", "r21")]
-    assert counts["kept"] + counts["rejected"] == inputs(judgments, "all_pairs") == 3 + 1 + 1 + 1
+    rated = judgments.select("instruction_id")
+    assert counts["kept"] + counts["rejected"] == inputs(rated, "all_pairs") == 3 + 1 + 1 + 1
 
 
 @pytest.mark.parametrize("strategy", ["best_vs_random", "best_vs_worst", "all_pairs"])
@@ -61,3 +73,14 @@ def test_chosen_always_outscores_rejected_by_the_margin(tmp_path, strategy):
     make_pairs(run, *fixtures())
     kept = run.read("pairs")
     assert kept.height and (kept["score_chosen"] - kept["score_rejected"] >= 0.5).all()
+
+
+@pytest.mark.parametrize("strategy", ["best_vs_random", "best_vs_worst", "all_pairs"])
+def test_a_pair_of_identical_texts_is_a_rejected_row_and_the_batch_passes(tmp_path, strategy):
+    """Two models answering alike is a row-level problem: that pair is rejected, its batch still passes the gate."""
+    run = run_with(tmp_path, strategy=strategy, min_margin=0.5)
+    counts = make_pairs(run, *fixtures({"r00": "the same", "r01": "the same", "r02": "the same"}))
+    assert counts["quarantine"] == 0 and counts["kept"] > 0
+    rejected = run.read("pairs", "rejected").filter(pl.col("instruction_id") == "i0")
+    assert rejected.height and set(rejected["reason"]) == {SAME_TEXT}
+    assert (run.read("pairs")["chosen"] != run.read("pairs")["rejected"]).all()

@@ -9,7 +9,7 @@ import pytest
 from llm_server import LLMTestServer
 from prefect.testing.utilities import prefect_test_harness
 
-from alignflow.cli import main
+from flows.cli import main
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,7 +79,9 @@ def test_flaky_server_loses_no_row_and_a_rerun_sends_nothing(tmp_path):
         assert run_cli(server, tmp_path, "--set", "llm.max_retries=8") == 0  # resume: only the failures are asked
         resumed = manifest_of(tmp_path)
         assert_adds_up(resumed)
-        assert sum(s["failed"] for s in resumed["stages"].values()) == 0
+        # an instruction round's failed requests stay failed (later rounds make up for them); all others are retried
+        assert sum(s["failed"] for name, s in resumed["stages"].items() if name != "instructions") == 0
+        assert resumed["stages"]["instructions"]["failed"] == first["stages"]["instructions"]["failed"]
 
         server.reset_counts()
         assert run_cli(server, tmp_path, "--set", "llm.max_retries=8") == 0
@@ -91,6 +93,10 @@ def test_flaky_server_loses_no_row_and_a_rerun_sends_nothing(tmp_path):
     (["--set", "llm.providr=openai"], "llm.providr: unknown key"),
     (["--set", "responses.per_instruction=zero"], "responses.per_instruction:"),
     (["--set", "seeds=nowhere.jsonl"], "seeds file not found: nowhere.jsonl"),
+    (["--set", "gate.stages={judge: fail}"], "gate.stages.judge: Input should be 'instructions', 'responses', 'judgments'"),
+    (["--set", "judge.batch_size=8"], "judge.batch_size: unknown key"),
+    (["--set", "instructions.target={dataset: dpo}"], "instructions.target.rows: Field required"),
+    (["--set", "gate.suites=/nowhere"], "no expectation suite for the instructions stage at /nowhere/instructions.json"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, args, message):
     assert main(["run", "configs/quickstart.yaml", *args]) == 2
@@ -212,9 +218,12 @@ def judge_says_three(req, kind):
     return None
 
 
-def test_a_judge_rating_everything_the_same_is_quarantined(tmp_path):
+def test_a_judge_rating_everything_the_same_is_quarantined(tmp_path, capsys):
+    """All ratings equal is suspicious from 12 rows on: 12 responses per instruction make every judge batch that big."""
     with LLMTestServer(respond=judge_says_three) as server:
-        assert run_cli(server, tmp_path, "--set", "judge.batch_size=8", "--set", "responses.per_instruction=2") == 0
+        assert run_cli(server, tmp_path, "--set", "responses.per_instruction=12") == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("alignflow: run r1 made no dpo rows: the judgments stage kept none of its") and "quarantined" in err
     manifest = manifest_of(tmp_path)
     assert_adds_up(manifest)
     judgments = manifest["stages"]["judgments"]
@@ -238,7 +247,7 @@ def mostly_failing(req, kind):
 def test_a_failure_share_above_the_threshold_is_quarantined(tmp_path):
     with LLMTestServer(respond=mostly_failing) as server:
         assert run_cli(server, tmp_path, "--set", "responses.llm.max_retries=0",
-                       "--set", "responses.batch_size=8") == 0
+                       "--set", "responses.batch_size=8") == 3  # every batch stopped: the run made no dataset
     manifest = manifest_of(tmp_path)
     assert_adds_up(manifest)
     responses = manifest["stages"]["responses"]
@@ -269,7 +278,7 @@ def test_a_tighter_suite_file_quarantines_batches_that_passed(tmp_path):
     import shutil
 
     suites = tmp_path / "suites"
-    shutil.copytree("expectations", suites)
+    shutil.copytree("alignflow/suites", suites)
     suite = json.loads((suites / "responses.json").read_text())
     for expectation in suite["expectations"]:
         if expectation["type"] == "expect_column_value_lengths_to_be_between":
@@ -278,6 +287,6 @@ def test_a_tighter_suite_file_quarantines_batches_that_passed(tmp_path):
     with LLMTestServer() as server:
         assert run_cli(server, tmp_path) == 0
         assert manifest_of(tmp_path)["stages"]["responses"]["quarantine"] == 0
-        assert run_cli(server, tmp_path, "--set", f"gate.suites={suites}", run_id="r2") == 0
+        assert run_cli(server, tmp_path, "--set", f"gate.suites={suites}", run_id="r2") == 3  # nothing passed
     responses = manifest_of(tmp_path, "r2")["stages"]["responses"]
     assert responses["kept"] == 0 and responses["quarantine"] == responses["inputs"]

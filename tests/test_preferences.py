@@ -9,7 +9,7 @@ import pytest
 from llm_server import LLMTestServer, _last_user_text, _structured_schema, _text_of
 from prefect.testing.utilities import prefect_test_harness
 
-from alignflow.cli import main
+from flows.cli import main
 
 ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 

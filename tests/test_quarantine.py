@@ -9,7 +9,7 @@ import pytest
 from test_gate import judgments, responses, texts, write  # noqa: F401  (texts is a fixture)
 
 from alignflow import manifest, quarantine
-from alignflow.cli import main
+from flows.cli import main
 from alignflow.store import Store
 
 RUN = "run1"

@@ -10,7 +10,7 @@ from prefect.testing.utilities import prefect_test_harness
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational, unpair_preference_dataset
 
-from alignflow.cli import main
+from flows.cli import main
 from alignflow.llm.local import _bundled_gguf
 
 pytestmark = pytest.mark.slow

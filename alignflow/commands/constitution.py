@@ -5,7 +5,6 @@ before a flow starts, and reported as one line.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable
 
@@ -62,15 +61,15 @@ def cmd_revise(args) -> int:
         if config.constitution.confirm_with_judge:
             config.llm_for("judge").api_key()
         initial = _override(args.initial)
-        revisions.initial_llm(run, initial).config.api_key()
+        config.llm_for("responses").merged(initial).api_key()
         if not args.prompts and not args.run_id:
             raise revisions.PromptsError("nothing to revise: give --prompts FILE, or the --run-id of a run with responses")
-        revisions.prompts_from_file(args.prompts) if args.prompts else revisions.inputs_from_run(run)
+        revisions.prompts_from_file(args.prompts) if args.prompts else revisions.check_run(run)
     except (ConfigError, ConstitutionError, revisions.PromptsError) as exc:
         return fail(str(exc))
-    from flows.constitution import constitution_flow
+    from alignflow import launch
 
-    return _start(run, lambda: constitution_flow(config, run.run_id, prompts=args.prompts, initial_llm=initial),
+    return _start(run, lambda: launch.launcher().constitution(config, run.run_id, args.prompts, initial),
                   lambda result: f"revisions: {_counts(result['rows'])}; datasets: {_sizes(result['datasets'])}")
 
 
@@ -83,12 +82,12 @@ def cmd_label(args) -> int:
         config, run = _prepare(args, ["judge"])
         if not args.pairs and not args.run_id:
             raise cai_labels.PairsError("nothing to label: give --pairs FILE, or the --run-id of a run with responses")
-        cai_labels.pairs_from_file(args.pairs) if args.pairs else cai_labels.pairs_from_run(run)
+        cai_labels.pairs_from_file(args.pairs) if args.pairs else cai_labels.check_run(run)
     except (ConfigError, ConstitutionError, cai_labels.PairsError) as exc:
         return fail(str(exc))
-    from flows.constitution import cai_labels_flow
+    from alignflow import launch
 
-    return _start(run, lambda: cai_labels_flow(config, run.run_id, pairs=args.pairs),
+    return _start(run, lambda: launch.launcher().cai_labels(config, run.run_id, args.pairs),
                   lambda result: f"labels: {_counts(result['rows'])}, {result['ties']} ties (the two orders disagreed); "
                                  f"datasets: {_sizes(result['datasets'])}")
 
@@ -97,8 +96,7 @@ def _prepare(args, stages: list[str]):
     """The config, the run, and the checks that would otherwise fail minutes later: constitution, API keys."""
     from alignflow.config import load_config
     from alignflow.constitution import load_constitution
-    from alignflow.run import Run
-    from flows.pipeline import new_run_id
+    from alignflow.run import Run, new_run_id
 
     config = load_config(args.config, args.set)
     load_constitution(config.constitution.file).check_rounds(config.constitution.rounds)
@@ -131,12 +129,10 @@ def _override(items: list[str]):
 
 
 def _start(run, flow_call: Callable[[], dict], summary: Callable[[dict], str]) -> int:
-    """Run a flow with progress bars, as `alignflow run` does; then the manifest, a summary, the run directory."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
+    """Run a flow with progress bars, as `alignflow run` does; then a summary and the run directory."""
     from rich.console import Console
 
-    from alignflow import manifest, progress
+    from alignflow import progress
     from alignflow.cli import RichProgress
 
     with RichProgress(Console(stderr=True)) as sink:
@@ -148,7 +144,6 @@ def _start(run, flow_call: Callable[[], dict], summary: Callable[[dict], str]) -
             return fail(f"run {run.run_id} failed: {type(exc).__name__}: {first}", 1)
         finally:
             progress.set_sink(None)
-    manifest.write(run.store, run.run_id)
     print(summary(result))
     print(run.url)
     return 0

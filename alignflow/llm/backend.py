@@ -10,6 +10,6 @@ class Backend(Protocol):
     name: str
     model: str
 
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: Request, timeout_s: float) -> Completion:
         """Make one call. Raise ProviderError on failure; return the raw text otherwise."""
         ...

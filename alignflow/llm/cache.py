@@ -1,7 +1,10 @@
 """Request cache: a content hash of the canonical request → the successful response.
 
-Only successes are stored, so a re-run retries what failed and repeats no call that succeeded.
-SQLite in WAL mode keeps it safe across the threads a Prefect task runner uses.
+Only successes are stored, so a re-run retries what failed and repeats no call that succeeded. The key holds
+where the request goes (provider, base_url, model) and everything that shapes the answer, the sampling seed
+included: an answer from one server is never served for another, and a new run (a new seed) asks anew.
+SQLite in WAL mode keeps it safe across threads. It is a local accelerator: a run's own answers live in its
+store (`alignflow.answers`), which is what a resume on another machine reads.
 """
 from __future__ import annotations
 
@@ -16,15 +19,17 @@ from alignflow.llm.structured import json_schema
 from alignflow.llm.types import Request
 
 
-def request_key(provider: str, model: str, request: Request) -> str:
+def request_key(provider: str, base_url: str | None, model: str, request: Request) -> str:
     canonical = {
         "provider": provider,
+        "base_url": base_url,
         "model": model,
         "messages": request.messages,
         "temperature": request.temperature,
         "max_tokens": request.max_tokens,
         "schema": json_schema(request.schema) if request.schema else None,
         "sample": request.sample,
+        "seed": request.seed,
     }
     blob = json.dumps(canonical, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

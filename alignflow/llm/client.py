@@ -1,42 +1,42 @@
 """The LLM client: requests in, one result per request out, whatever the provider does.
 
-Caching, concurrency and rate limits, retries with backoff, and structured-output parsing with
-bounded re-asks all happen here, the same way for every provider backend.
+Known answers (the batch's answers in the store, then the local request cache), the endpoint's limits,
+retries with backoff, and structured-output parsing with bounded re-asks all happen here, the same way for
+every provider. A provider or parse failure is a failed Result; anything else is a bug and raises.
 """
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from alignflow.config import LLMConfig
-from alignflow.llm.backend import Backend
+from alignflow.llm import endpoint as endpoints
 from alignflow.llm.cache import RequestCache, request_key
 from alignflow.llm.structured import ParseError, parse_structured
 from alignflow.llm.types import Completion, ProviderError, Request, Result
 
 OnResult = Callable[[Result], None]
+ANSWER_FIELDS = ("text", "finish_reason", "input_tokens", "output_tokens", "latency_s")
 
 
-def make_backend(config: LLMConfig) -> Backend:
-    """Remote clients are made per event loop (their HTTP pools are bound to it); a local model is one per process."""
-    if config.provider == "local":
-        return _local_backend(config.model, config.max_concurrency)
-    from alignflow.llm.remote import AnthropicBackend, OpenAIBackend
+class Answers(Protocol):
+    """Somewhere successful answers are kept by request key: the request cache, a batch's answer log."""
 
-    cls = OpenAIBackend if config.provider == "openai" else AnthropicBackend
-    return cls(config.model_name, api_key=config.api_key(), base_url=config.base_url, timeout_s=config.timeout_s)
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    def put(self, key: str, value: dict[str, Any]) -> None: ...
 
 
-@functools.cache
-def _local_backend(model: str | None, max_batch: int) -> Backend:
-    from alignflow.llm.local import LocalBackend
-
-    return LocalBackend(model, max_batch=max_batch)
+def sampling_seed(run_seed: int | None, sample: int) -> int:
+    """The provider seed of one sample: a new run seed gives new samples, the same one the same requests."""
+    if run_seed is None:
+        return sample
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{sample}".encode()).digest()[:4], "big") >> 1
 
 
 class _BackoffHonouringRetryAfter:
@@ -53,10 +53,10 @@ class _BackoffHonouringRetryAfter:
 class LLM:
     """One configured model. `generate` never raises for a single bad request: it returns a failed Result."""
 
-    def __init__(self, config: LLMConfig, cache: RequestCache | None = None):
+    def __init__(self, config: LLMConfig, cache: RequestCache | None = None, seed: int | None = None):
         self.config = config
         self.cache = cache
-        self.requests_sent = 0
+        self.seed = seed
 
     @property
     def provider(self) -> str:
@@ -66,6 +66,10 @@ class LLM:
     def model(self) -> str:
         return self.config.model_name
 
+    @property
+    def endpoint(self) -> endpoints.Endpoint:
+        return endpoints.endpoint(self.config)
+
     def request(self, messages: list[dict[str, str]], *, schema=None, sample: int = 0,
                 temperature: float | None = None, max_tokens: int | None = None) -> Request:
         return Request(
@@ -74,42 +78,44 @@ class LLM:
             temperature=self.config.temperature if temperature is None else temperature,
             max_tokens=max_tokens or self.config.max_tokens,
             sample=sample,
+            seed=sampling_seed(self.seed, sample),
         )
 
-    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
-        return asyncio.run(self.agenerate(requests, on_result))
+    def key(self, request: Request) -> str:
+        return request_key(self.provider, self.config.base_url, self.model, request)
 
-    async def agenerate(self, requests: Sequence[Request], on_result: OnResult | None = None) -> list[Result]:
-        backend = make_backend(self.config)
-        limits = _Limits(self.config)
+    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
+                 answers: Answers | None = None) -> list[Result]:
+        return generate([(self, r) for r in requests], on_result, answers)
 
-        async def one(request: Request) -> Result:
-            try:
-                result = await self._one(backend, limits, request)
-            except Exception as exc:  # a bug or an SDK surprise fails this request, not the batch
-                result = Result(ok=False, error=f"{type(exc).__name__}: {exc}")
-            if on_result:
-                on_result(result)
-            return result
+    async def agenerate(self, requests: Sequence[Request], on_result: OnResult | None = None,
+                        answers: Answers | None = None) -> list[Result]:
+        return await endpoints.run_async(_generate([(self, r) for r in requests], on_result, answers))
 
-        try:
-            return list(await asyncio.gather(*(one(r) for r in requests)))
-        finally:
-            if hasattr(backend, "aclose"):  # close HTTP pools while their event loop still runs
-                await backend.aclose()
+    async def answer(self, request: Request, answers: Answers | None = None) -> Result:
+        """One request: a known answer if there is one, else asked (with retries and re-asks) and remembered."""
+        key = self.key(request)
+        known = (answers.get(key) if answers is not None else None) or (self.cache.get(key) if self.cache else None)
+        if known:
+            if answers is not None:
+                answers.put(key, known)  # an answer from the local cache becomes part of the run's store
+            return Result(ok=True, parsed=self._parse(known["text"], request), cached=True, attempts=0,
+                          **{k: known[k] for k in ANSWER_FIELDS})
+        result = await self._ask(request)
+        if result.ok:
+            value = {k: getattr(result, k) for k in ANSWER_FIELDS}
+            for store in (answers, self.cache):
+                if store is not None:
+                    store.put(key, value)
+        return result
 
-    async def _one(self, backend: Backend, limits: "_Limits", request: Request) -> Result:
-        key = request_key(self.provider, self.model, request)
-        if self.cache and (hit := self.cache.get(key)):
-            return Result(ok=True, parsed=self._parse(hit["text"], request), cached=True, attempts=0, **_cached_fields(hit))
+    async def _ask(self, request: Request) -> Result:
         started = time.perf_counter()
-        attempts = 0
+        attempts = in_tok = out_tok = 0
         messages = list(request.messages)
-        in_tok = out_tok = 0
         for ask in range(self.config.structured_retries + 1):
-            call = Request(messages, request.schema, request.temperature, request.max_tokens, request.sample + ask * 1000)
             try:
-                completion, tries = await self._call(backend, limits, call)
+                completion, tries = await self._call(dataclasses.replace(request, messages=messages))
             except ProviderError as exc:
                 return Result(ok=False, error=str(exc), text=exc.raw, attempts=attempts + getattr(exc, "attempts", 1),
                               latency_s=time.perf_counter() - started, input_tokens=in_tok, output_tokens=out_tok)
@@ -128,20 +134,18 @@ class LLM:
                     {"role": "user", "content": f"That answer was not valid ({exc}). Reply again with only the JSON object."},
                 ]
                 continue
-            result = Result(ok=True, text=completion.text, parsed=parsed, finish_reason=completion.finish_reason,
-                            input_tokens=in_tok, output_tokens=out_tok, attempts=attempts,
-                            latency_s=time.perf_counter() - started)
-            if self.cache:
-                self.cache.put(key, {"text": result.text, "finish_reason": result.finish_reason,
-                                     "input_tokens": in_tok, "output_tokens": out_tok, "latency_s": result.latency_s})
-            return result
+            return Result(ok=True, text=completion.text, parsed=parsed, finish_reason=completion.finish_reason,
+                          input_tokens=in_tok, output_tokens=out_tok, attempts=attempts,
+                          latency_s=time.perf_counter() - started)
         raise AssertionError("unreachable")
 
     @staticmethod
     def _parse(text: str, request: Request):
         return parse_structured(text, request.schema) if request.schema is not None else None
 
-    async def _call(self, backend: Backend, limits: "_Limits", request: Request) -> tuple[Completion, int]:
+    async def _call(self, request: Request) -> tuple[Completion, int]:
+        where = self.endpoint
+        estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.max_tokens
         tries = 0
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
@@ -153,43 +157,26 @@ class LLM:
             async for attempt in retrying:
                 with attempt:
                     tries += 1
-                    async with limits.slot(request):
-                        self.requests_sent += 1
-                        return await backend.complete(request), tries
+                    async with where.limits.slot(estimate):
+                        return await where.backend.complete(request, self.config.timeout_s), tries
         except ProviderError as exc:
             exc.attempts = tries
             raise
         raise AssertionError("unreachable")
 
 
-class _Limits:
-    """A concurrency cap plus token buckets for requests/min and tokens/min."""
-
-    def __init__(self, config: LLMConfig):
-        self._sem = asyncio.Semaphore(config.max_concurrency)
-        self._rpm = AsyncLimiter(config.rpm, 60) if config.rpm else None
-        self._tpm = AsyncLimiter(config.tpm, 60) if config.tpm else None
-        self._tpm_max = config.tpm or 0
-
-    def slot(self, request: Request):
-        return _Slot(self, request)
+def generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None = None,
+             answers: Answers | None = None) -> list[Result]:
+    """Every (llm, request) at once, each under its own endpoint's limits; results in the order of `calls`."""
+    return endpoints.run(_generate(calls, on_result, answers))
 
 
-class _Slot:
-    def __init__(self, limits: _Limits, request: Request):
-        self.limits, self.request = limits, request
+async def _generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None,
+                    answers: Answers | None) -> list[Result]:
+    async def one(llm: LLM, request: Request) -> Result:
+        result = await llm.answer(request, answers)
+        if on_result:
+            on_result(result)
+        return result
 
-    async def __aenter__(self):
-        await self.limits._sem.acquire()
-        if self.limits._rpm:
-            await self.limits._rpm.acquire()
-        if self.limits._tpm:
-            estimate = sum(len(m["content"]) for m in self.request.messages) // 4 + self.request.max_tokens
-            await self.limits._tpm.acquire(min(estimate, self.limits._tpm_max))
-
-    async def __aexit__(self, *exc):
-        self.limits._sem.release()
-
-
-def _cached_fields(hit: dict) -> dict:
-    return {k: hit[k] for k in ("text", "finish_reason", "input_tokens", "output_tokens", "latency_s")}
+    return list(await asyncio.gather(*(one(llm, r) for llm, r in calls)))

@@ -138,10 +138,10 @@ def _with_schema(request: Request) -> list[dict[str, str]]:
 
 
 def _seed(requests: list[Request]) -> int:
-    """A seed from the batch's prompts and sample numbers, so a rerun of the same batch samples the same text."""
+    """A seed from the batch's prompts and sampling seeds, so a rerun of the same batch samples the same text."""
     digest = hashlib.sha256()
     for request in requests:
-        digest.update(json.dumps([request.messages, request.sample], sort_keys=True).encode())
+        digest.update(json.dumps([request.messages, request.seed], sort_keys=True).encode())
     return int.from_bytes(digest.digest()[:8], "little")
 
 
@@ -190,7 +190,7 @@ class LocalBackend:
         self._worker_lock = threading.Lock()
         self.batch_sizes: list[int] = []  # sizes of the batches run so far, for tests and tuning
 
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: Request, timeout_s: float | None = None) -> Completion:
         loop = asyncio.get_running_loop()
         job = _Job(request, loop.create_future(), loop)
         self._ensure_worker()

@@ -1,6 +1,7 @@
 """Backends for hosted APIs: OpenAI (and any OpenAI-compatible server) and Anthropic.
 
 The SDKs' own retries are off: retries, limits and caching are the client's job, the same for every provider.
+One backend serves one endpoint for the life of the process (its HTTP pool lives on the endpoints' loop).
 """
 from __future__ import annotations
 
@@ -53,14 +54,11 @@ def _as_provider_error(exc: Exception) -> ProviderError:
 class OpenAIBackend:
     name = "openai"
 
-    def __init__(self, model: str, *, api_key: str | None, base_url: str | None, timeout_s: float):
+    def __init__(self, model: str, *, api_key: str | None, base_url: str | None):
         self.model = model
-        self._client = openai.AsyncOpenAI(api_key=api_key or "unused", base_url=base_url, timeout=timeout_s, max_retries=0)
+        self._client = openai.AsyncOpenAI(api_key=api_key or "unused", base_url=base_url, max_retries=0)
 
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: Request, timeout_s: float) -> Completion:
         kwargs = {}
         if request.schema is not None:
             kwargs["response_format"] = {
@@ -73,7 +71,8 @@ class OpenAIBackend:
                 messages=request.messages,
                 temperature=request.temperature,
                 max_tokens=request.max_tokens,
-                seed=request.sample,
+                seed=request.seed,
+                timeout=timeout_s,
                 **kwargs,
             )
         except openai.OpenAIError as exc:
@@ -91,14 +90,11 @@ class OpenAIBackend:
 class AnthropicBackend:
     name = "anthropic"
 
-    def __init__(self, model: str, *, api_key: str | None, base_url: str | None, timeout_s: float):
+    def __init__(self, model: str, *, api_key: str | None, base_url: str | None):
         self.model = model
-        self._client = anthropic.AsyncAnthropic(api_key=api_key or "unused", base_url=base_url, timeout=timeout_s, max_retries=0)
+        self._client = anthropic.AsyncAnthropic(api_key=api_key or "unused", base_url=base_url, max_retries=0)
 
-    async def aclose(self) -> None:
-        await self._client.close()
-
-    async def complete(self, request: Request) -> Completion:
+    async def complete(self, request: Request, timeout_s: float) -> Completion:
         system = "\n\n".join(m["content"] for m in request.messages if m["role"] == "system")
         messages = [m for m in request.messages if m["role"] != "system"]
         kwargs = {"system": system} if system else {}
@@ -108,7 +104,7 @@ class AnthropicBackend:
             kwargs["tool_choice"] = {"type": "tool", "name": tool}
         try:
             reply = await self._client.messages.create(
-                model=self.model, messages=messages, max_tokens=request.max_tokens,
+                model=self.model, messages=messages, max_tokens=request.max_tokens, timeout=timeout_s,
                 # this SDK version has no `temperature` argument; the API still takes the field
                 extra_body={"temperature": min(request.temperature, 1.0)}, **kwargs
             )

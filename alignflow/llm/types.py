@@ -9,13 +9,15 @@ from pydantic import BaseModel
 
 @dataclass(frozen=True)
 class Request:
-    """One chat request. `sample` makes repeated samples of the same prompt distinct requests."""
+    """One chat request. `sample` makes repeated samples of the same prompt distinct requests; `seed` is the
+    sampling seed sent to the provider, derived from the run's seed and the sample, so a new run samples anew."""
 
     messages: list[dict[str, str]]
     schema: type[BaseModel] | None = None
     temperature: float = 0.7
     max_tokens: int = 512
     sample: int = 0
+    seed: int = 0
 
 
 @dataclass

@@ -1,0 +1,29 @@
+"""How the command line starts runs. The domain says what to run; an orchestrator says how, by registering a
+Launcher: the `alignflow` command (`flows.cli:main`) registers the Prefect flows, so the domain imports no Prefect.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from alignflow.config import LLMOverride, PipelineConfig
+
+
+class Launcher(Protocol):
+    def pipeline(self, config: PipelineConfig, run_id: str) -> dict: ...
+    def constitution(self, config: PipelineConfig, run_id: str, prompts: str | None,
+                     initial: LLMOverride | None) -> dict: ...
+    def cai_labels(self, config: PipelineConfig, run_id: str, pairs: str | None) -> dict: ...
+
+
+_launcher: Launcher | None = None
+
+
+def register(launcher: Launcher) -> None:
+    global _launcher
+    _launcher = launcher
+
+
+def launcher() -> Launcher:
+    if _launcher is None:
+        raise RuntimeError("no orchestrator to start runs: use the `alignflow` command (flows.cli:main)")
+    return _launcher
