@@ -50,6 +50,7 @@ class Pool:
     so a round costs what is new in it, not the size of the pool."""
 
     rounds: int  # rounds 0..rounds-1 are in it
+    basis: str  # ... as the store holds them: the basis of round `rounds`
     seeds: list[dict]
     machine: list[dict] = field(default_factory=list)
     evolved: set[str] = field(default_factory=set)  # ids of instructions already evolved
@@ -140,10 +141,13 @@ class Instructions(Step):
                 "llm": self.llm_settings(self.config.llm_for(STAGE))}
 
     def load(self, ref: BatchRef) -> Batch:
-        before = self.run.checkpoint(STAGE, ref.number - 1) if ref.number else None
+        basis = self._basis(self.run.checkpoint(STAGE, ref.number - 1) if ref.number else None)
+        return Batch(ref, pl.DataFrame(), basis, state={"pool": self._pool(ref.number, basis)})
+
+    def _basis(self, before: dict | None) -> str:
+        """What round n starts from: the seeds, and round n-1 (whose key holds the rounds before it in turn)."""
         seeds = self.run.checkpoint("seeds", 0)
-        basis = digest(seeds and seeds["kept_hash"], before and before["key"], before and before["kept_hash"])
-        return Batch(ref, pl.DataFrame(), basis, state={"pool": self._pool(ref.number)})
+        return digest(seeds and seeds["kept_hash"], before and before["key"], before and before["kept_hash"])
 
     def jobs(self, batch: Batch) -> list[Job]:
         cfg, pool = self.config.instructions, batch.state["pool"]
@@ -189,24 +193,24 @@ class Instructions(Step):
                 return
             pool.machine += [{"id": r["id"], "instruction": r["instruction"]} for r in kept]
             pool.evolved |= {p for r in kept if r["source"] == evol.SOURCE for p in r["parent_ids"]}
-            pool.rounds = batch.number + 1
+            pool.rounds, pool.basis = batch.number + 1, self._basis(record)
 
     def _pool_key(self) -> tuple[str, str]:
         return self.run.url, self.definition()
 
-    def _pool(self, round_no: int) -> Pool:
+    def _pool(self, round_no: int, basis: str) -> Pool:
         """The pool before `round_no`: kept from earlier rounds in this process, else read from the store."""
         with _pools_lock:
             pool = _pools.get(self._pool_key())
-            if pool is None or pool.rounds != round_no:
-                pool = _pools[self._pool_key()] = self._read_pool(round_no)
+            if pool is None or (pool.rounds, pool.basis) != (round_no, basis):
+                pool = _pools[self._pool_key()] = self._read_pool(round_no, basis)
             return pool
 
-    def _read_pool(self, round_no: int) -> Pool:
+    def _read_pool(self, round_no: int, basis: str) -> Pool:
         seeds = self.run.read_batch("seeds", 0)
         kept = [self.run.read_batch(STAGE, n) for n in range(round_no)]
         machine = pl.concat(kept, how="diagonal_relaxed") if kept else pl.DataFrame(schema=schema_for(STAGE))
-        pool = Pool(round_no, seeds.select("id", "instruction").to_dicts(), machine.select("id", "instruction").to_dicts(),
+        pool = Pool(round_no, basis, seeds.select("id", "instruction").to_dicts(), machine.select("id", "instruction").to_dicts(),
                     set(machine.filter(pl.col("source") == evol.SOURCE)["parent_ids"].explode().drop_nulls()))
         cfg = self.config.instructions.dedup
         if cfg.method is not None:

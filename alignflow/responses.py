@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from alignflow.config import LLMConfig
+from alignflow.config import LLMConfig, PipelineConfig
 from alignflow.prompts import load
 from alignflow.records import stable_id
 from alignflow.step import Answer, Batch, BatchRef, Job, Outcomes, Step, slices
@@ -18,6 +18,28 @@ STAGE = "responses"
 
 def generator_name(number: int, config: LLMConfig) -> str:
     return f"{number}:{config.provider}:{config.model_name}"
+
+
+class Plan:
+    """The batches of the responses stage, and of the chain after it, as instruction rounds finish: `batch_size`
+    kept instructions each, numbered in round order. With a target of N instructions only the first N kept go on
+    (a round may keep more than the target needs; the rest stay in the instructions stage)."""
+
+    def __init__(self, config: PipelineConfig):
+        self.size = config.responses.batch_size
+        self.limit = config.instructions.target if isinstance(config.instructions.target, int) else None
+        self.refs: list[BatchRef] = []
+        self.instructions = 0
+
+    def add(self, round_record: dict) -> list[BatchRef]:
+        """The new batches one round's checkpoint makes."""
+        kept = round_record["counts"]["kept"]
+        if self.limit is not None:
+            kept = max(0, min(kept, self.limit - self.instructions))
+        new = slices(len(self.refs), round_record["number"], kept, self.size)
+        self.refs += new
+        self.instructions += kept
+        return new
 
 
 class Responses(Step):
@@ -33,11 +55,10 @@ class Responses(Step):
                 "generators": [self.llm_settings(g) for g in self.config.generators()]}
 
     def refs(self) -> list[BatchRef]:
-        """A batch per `batch_size` kept instructions of each round, numbered in round order (as in a pipeline)."""
-        refs: list[BatchRef] = []
+        plan = Plan(self.config)
         for record in self.run.checkpoints("instructions"):
-            refs += slices(len(refs), record["number"], record["counts"]["kept"], self.config.responses.batch_size)
-        return refs
+            plan.add(record)
+        return plan.refs
 
     def load(self, ref: BatchRef) -> Batch:
         instructions = self.run.read_batch("instructions", ref.source).slice(ref.start, ref.stop - ref.start)

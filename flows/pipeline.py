@@ -19,7 +19,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from alignflow.config import PipelineConfig
 from alignflow.constitution import load_constitution
 from alignflow.run import Run, new_run_id
-from alignflow.step import BatchRef, slices
+from alignflow.responses import Plan
+from alignflow.step import BatchRef
 from alignflow.target import COUNTED_BY, Target
 from flows.instructions import Rounds
 from tasks.constitution import write_cai_datasets
@@ -38,11 +39,11 @@ class Chains:
         self.run, self.options = run, options
         self.stages = ["responses", *(["revisions"] if run.config.constitution.enabled else []), "judgments", "pairs"]
         self.futures: dict[str, list[PrefectFuture]] = {stage: [] for stage in self.stages}
+        self.plan = Plan(run.config)
         self.sizes: list[int] = []  # instructions per chain
 
     def add(self, round_record: dict[str, Any]) -> None:
-        kept, size = round_record["counts"]["kept"], self.run.config.responses.batch_size
-        for ref in slices(len(self.sizes), round_record["number"], kept, size):
+        for ref in self.plan.add(round_record):
             chain = BatchRef(ref.number, ref.number)
             responses = self._submit("responses", ref)
             if "revisions" in self.futures:

@@ -131,16 +131,17 @@ def test_a_changed_config_says_what_it_redoes_and_redoes_only_that(tmp_path, cap
         assert main(args(server, store.url)) == 0
         assert announced() == []
         server.reset_counts()
-        assert main(args(server, store.url, "--set", "pairs.min_margin=2")) == 0
+        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst")) == 0
         assert server.requests == 0  # pairs ask no model
-        assert announced() == ["run r1: the config changed (pairs.min_margin); redoing pairs"]
-        assert main(args(server, store.url, "--set", "pairs.min_margin=2", "--set", "responses.per_instruction=3")) == 0
+        assert announced() == ["run r1: the config changed (pairs.strategy); redoing pairs"]
+        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst",
+                         "--set", "responses.per_instruction=3")) == 0
         assert announced() == ["run r1: the config changed (responses.per_instruction); redoing responses, judgments, pairs"]
         asked = server.requests
     manifest = assert_whole(store, "r1")
     responses = manifest["stages"]["responses"]
-    assert responses["inputs"] == 3 * manifest["stages"]["instructions"]["kept"]
-    assert asked > 0 and (read(store, "r1", "pairs")["margin"] >= 2).all()
+    assert responses["inputs"] == 3 * 12  # the first 12 kept instructions (the target), three samples each
+    assert asked > 0 and set(read(store, "r1", "pairs")["strategy"]) == {"best_vs_worst"}
 
 
 # -- stages stream ---------------------------------------------------------------------------------------------------
