@@ -82,6 +82,14 @@ class AnswerLog:
             with self._lock:
                 self._parts.append(key)
 
+    def get_note(self, name: str) -> Any:
+        """A small record the LLM layer keeps with the batch (the provider batches it sent), or None."""
+        key = f"{self.prefix}{name}.json"
+        return self.store.read_json(key) if self.store.exists(key) else None
+
+    def put_note(self, name: str, value: Any) -> None:
+        self.store.write_json(f"{self.prefix}{name}.json", value)
+
     def compact(self) -> None:
         """One part holding every answer of the batch, instead of many small ones (call after the context)."""
         if len(self._parts) <= 1:

@@ -21,25 +21,36 @@ def _preflight(config: PipelineConfig) -> None:
         from alignflow.expectations import require_suites
 
         require_suites(config.gate.suites)
-    llms = [config.llm_for("instructions"), *config.generators(), config.llm_for("judge")]
     if config.constitution.enabled:
         from alignflow.constitution import load_constitution
 
         load_constitution(config.constitution.file).check_rounds(config.constitution.rounds)
-        llms.append(config.llm_for("constitution"))
-    for llm in llms:
+    for llm in config.llms():
         llm.api_key()
+    from alignflow.llm.preflight import check_endpoints
+
+    check_endpoints(config.llms())
 
 
 class RichProgress:
-    """Per stage: rows done of total, requests per second, failures so far."""
+    """Per stage: rows done of total, requests per second, failures so far; under the bars, each endpoint's
+    requests in flight, its current cap (lowered on 429s) and its share of 429s."""
 
     def __init__(self, console):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.text import Text
 
-        self._progress = Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-                                  TextColumn("{task.fields[rate]:>7} req/s  failed {task.fields[failed]}"),
-                                  TimeElapsedColumn(), console=console)
+        from alignflow.llm.endpoint import traffic_lines
+
+        class WithEndpoints(Progress):
+            def get_renderables(self):
+                yield self.make_tasks_table(self.tasks)
+                if lines := traffic_lines():
+                    yield Text("\n".join(lines), style="dim")
+
+        self._progress = WithEndpoints(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
+                                       TextColumn("{task.fields[rate]:>7} req/s  failed {task.fields[failed]}"),
+                                       TimeElapsedColumn(), console=console)
         self._tasks: dict[str, tuple[int, float]] = {}
         self._done: dict[str, int] = {}
         self._failed: dict[str, int] = {}
@@ -73,6 +84,7 @@ class RichProgress:
 
 
 EXIT_EMPTY = 3  # the run finished, but a dataset it was asked for has no rows
+EXIT_STOPPED = 4  # the run stopped before its end (its budget): the same command with the same run id resumes it
 
 
 def cmd_run(args) -> int:
@@ -98,6 +110,8 @@ def cmd_run(args) -> int:
         finally:
             progress.set_sink(None)
     _print_summary(manifest)
+    if manifest.get("stopped"):
+        return _fail(f"run {run_id} stopped: {manifest['stopped']}", EXIT_STOPPED)
     from alignflow.manifest import why_empty
     from alignflow.store import Store
 
@@ -119,19 +133,23 @@ def _print_summary(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from alignflow.manifest import table
+    from alignflow.manifest import dollars, model_table, table
 
-    rows = table(manifest)
-    out = Table(title=f"run {manifest['run_id']}")
-    for head in rows[0]:
-        out.add_column(head, justify="left" if head == "stage" else "right", no_wrap=True, min_width=len(head))
-    for row in rows[1:]:
-        out.add_row(*row)
     console = Console()
-    console.width = max(console.width, 120)  # the table fits when output goes to a file or a narrow pipe
-    console.print(out)
+    console.width = max(console.width, 120)  # the tables fit when output goes to a file or a narrow pipe
+    for title, rows in ((f"run {manifest['run_id']}", table(manifest)), ("by model", model_table(manifest))):
+        if len(rows) < 2:
+            continue
+        out = Table(title=title)
+        for head in rows[0]:
+            out.add_column(head, justify="left" if head in ("stage", "model") else "right", no_wrap=True,
+                           min_width=len(head))
+        for row in rows[1:]:
+            out.add_row(*row)
+        console.print(out)
     tokens = manifest["tokens"]
-    print(f"tokens: {tokens['input_tokens']} in, {tokens['output_tokens']} out")
+    print(f"tokens: {tokens['input_tokens']} in, {tokens['output_tokens']} out; cost: {dollars(manifest.get('cost_usd'))}"
+          + ("" if manifest.get("cost_usd") is not None else " (a model has no price: see `prices`)"))
 
 
 def cmd_inspect(args) -> int:
@@ -161,7 +179,7 @@ def cmd_expectations_check(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(extra=()) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alignflow", description="Synthetic SFT and preference data as Prefect flows.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline on a config")
@@ -179,11 +197,13 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_expectations_check)
     for group in COMMAND_GROUPS:
         importlib.import_module(f"alignflow.commands.{group}").register(sub)
+    for register in extra:  # commands of the orchestrator, which the domain does not import
+        register(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, extra=()) -> int:
+    args = parser(extra).parse_args(argv)
     try:
         return args.func(args)
     except KeyboardInterrupt:

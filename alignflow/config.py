@@ -35,6 +35,11 @@ class LLMOverride(Strict):
     max_concurrency: int | None = Field(None, ge=1)
     rpm: int | None = Field(None, ge=1)
     tpm: int | None = Field(None, ge=1)
+    input_tpm: int | None = Field(None, ge=1)
+    output_tpm: int | None = Field(None, ge=1)
+    limit_name: str | None = None
+    mode: Literal["live", "batch"] | None = None
+    batch_poll_s: float | None = Field(None, gt=0)
     timeout_s: float | None = Field(None, gt=0)
     max_retries: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=2)
@@ -48,13 +53,23 @@ class LLMConfig(Strict):
     base_url: str | None = None
     api_key_env: str | None = None
     max_concurrency: int = Field(8, ge=1)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    rpm: int | None = Field(None, ge=1, description="requests per minute to the endpoint, in every 60-second window")
+    tpm: int | None = Field(None, ge=1, description="tokens (in + out) per minute")
+    input_tpm: int | None = Field(None, ge=1, description="input tokens per minute (Anthropic limits them apart)")
+    output_tpm: int | None = Field(None, ge=1, description="output tokens per minute")
+    limit_name: str | None = Field(None, description="a Prefect global concurrency limit every request holds a slot "
+                                                     "of, shared by every run on a Prefect server; `auto`: a name "
+                                                     "derived from the endpoint")
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     temperature: float = Field(0.7, ge=0, le=2)
     max_tokens: int = Field(512, ge=1)
     structured_retries: int = Field(2, ge=0)
+    mode: Literal["live", "batch"] = Field("live", description="batch: through the provider's Batch API, at its "
+                                                              "discount, answers within hours")
+    budget_usd: float | None = Field(None, gt=0, description="the run stops, resumably, before it would spend more "
+                                                            "(priced by `prices`)")
+    batch_poll_s: float = Field(30.0, gt=0, description="how often a provider batch is polled (mode: batch)")
 
     @property
     def model_name(self) -> str:
@@ -212,6 +227,7 @@ class PipelineConfig(Strict):
     gate: GateConfig = Field(default_factory=GateConfig)
     constitution: ConstitutionConfig = Field(default_factory=ConstitutionConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    prices: str | None = Field(None, description="a YAML price table whose entries override the shipped one")
 
     @model_validator(mode="after")
     def _seeds_exist(self) -> "PipelineConfig":
@@ -221,6 +237,11 @@ class PipelineConfig(Strict):
 
     def llm_for(self, stage: str) -> LLMConfig:
         return self.llm.merged(getattr(self, stage).llm)
+
+    def llms(self) -> list[LLMConfig]:
+        """Every model the pipeline asks: instructions, each generator, the judge, the constitution's reviser."""
+        return [self.llm_for("instructions"), *self.generators(), self.llm_for("judge"),
+                *([self.llm_for("constitution")] if self.constitution.enabled else [])]
 
     def generators(self) -> list[LLMConfig]:
         """The response models: each entry of `responses.models` over the responses stage's llm."""

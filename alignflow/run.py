@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from functools import cached_property
@@ -14,11 +15,13 @@ from typing import Any
 
 import polars as pl
 
-from alignflow import progress
+from alignflow import manifest, progress
 from alignflow.config import LLMConfig, PipelineConfig
 from alignflow.llm import client
 from alignflow.llm.cache import RequestCache
 from alignflow.llm.client import LLM, Answers
+from alignflow.llm.ledger import Ledger
+from alignflow.prices import load_prices
 from alignflow.llm.types import Request, Result
 from alignflow.records import schema_for
 from alignflow.store import OUTCOMES, Store, batch_key
@@ -27,6 +30,8 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+_ledgers: dict[str, Ledger] = {}
+_ledgers_lock = threading.Lock()
 _BATCH_FILE = re.compile(r"^batch-(\d+)\.(parquet|json)$")
 
 
@@ -61,7 +66,24 @@ class Run:
         return self.llm_from(self.config.llm_for(stage))
 
     def llm_from(self, config: LLMConfig) -> LLM:
-        return LLM(config, self.cache, self.seed)
+        return LLM(config, self.cache, self.seed, self.ledger)
+
+    def forget_ledger(self) -> None:
+        with _ledgers_lock:
+            _ledgers.pop(self.url, None)
+
+    @property
+    def ledger(self) -> Ledger | None:
+        """The run's spending against `llm.budget_usd`, one per process (every batch task of it shares it)."""
+        budget = self.config.llm.budget_usd
+        if budget is None:
+            return None
+        with _ledgers_lock:
+            if self.url not in _ledgers:
+                prices = load_prices(self.config.prices)
+                spent = sum(stage["cost_usd"] or 0 for stage in manifest.spending(self.store, self.run_id, prices).values())
+                _ledgers[self.url] = Ledger(budget, spent, prices)
+            return _ledgers[self.url]
 
     def generate(self, calls: list[tuple[LLM, Request]], label: str, answers: Answers | None = None) -> list[Result]:
         """Every call at once, each under its endpoint's limits, with the stage's progress shown."""

@@ -58,7 +58,8 @@ def run_batch(run: Run, step: Step, ref: BatchRef) -> Done:
         "kept_hash": content_hash(frames["kept"]) if counts["kept"] else None,
         "gate": _verdict(verdict), "content_hash": verdict.content_hash if verdict else None,
         "requests": len(results), "cached": sum(r.cached for r in results), "attempts": sum(r.attempts for r in results),
-        "input_tokens": sum(r.input_tokens for r in results), "output_tokens": sum(r.output_tokens for r in results),
+        "input_tokens": sum(r.input_tokens for r in results if r.paid),
+        "output_tokens": sum(r.output_tokens for r in results if r.paid), "by_model": _by_model(answered),
         "started": started, "finished": time.time(), **outcomes.notes,
     }
     run.write_checkpoint(step.stage, ref.number, record)
@@ -77,6 +78,21 @@ def _generate(run: Run, step: Step, batch: Batch, log: AnswerLog) -> list[Answer
         answered += phase
         jobs = step.more(batch, phase)
     return answered
+
+
+def _by_model(answered: list[Answer]) -> dict[str, dict[str, Any]]:
+    """Requests and tokens the run paid for, per model (and per mode: the Batch APIs cost less)."""
+    spent: dict[str, dict[str, Any]] = {}
+    for answer in answered:
+        llm, result = answer.job.llm, answer.result
+        key = f"{llm.provider}:{llm.model}" + (":batch" if llm.config.mode == "batch" else "")
+        entry = spent.setdefault(key, {"provider": llm.provider, "model": llm.model, "batch": llm.config.mode == "batch",
+                                       "requests": 0, "input_tokens": 0, "output_tokens": 0})
+        entry["requests"] += 1
+        if result.paid:
+            entry["input_tokens"] += result.input_tokens
+            entry["output_tokens"] += result.output_tokens
+    return spent
 
 
 def _released(run: Run, stage: str, record: dict) -> Done | None:

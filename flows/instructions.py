@@ -10,7 +10,7 @@ from alignflow.config import PipelineConfig
 from alignflow.run import Run
 from alignflow.step import BatchRef
 from alignflow.target import Target
-from tasks.stages import BATCH, start_run
+from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run
 
 
 class Rounds:
@@ -22,6 +22,7 @@ class Rounds:
         self.run, self.target, self.enough, self.tokens = run, target, enough, tokens
         self.records: list[dict[str, Any]] = []
         self.stopped_by: str | None = None
+        self.stopped_by_budget: str | None = None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
@@ -30,7 +31,11 @@ class Rounds:
             self.stopped_by = self.target.spent(number, self.tokens() if fresh else 0)
             if self.stopped_by or (fresh and self.enough()):
                 return
-            record = BATCH["instructions"](self.run, "instructions", BatchRef(number))
+            state = BATCH["instructions"](self.run, "instructions", BatchRef(number), return_state=True)
+            if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
+                self.stopped_by_budget = state.message.removeprefix(STOPPED_BY_BUDGET)
+                return
+            record = state.result()  # raises when the round failed
             self.records.append(record)
             yield record
 

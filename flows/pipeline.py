@@ -14,18 +14,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
+from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alignflow.config import PipelineConfig
 from alignflow.constitution import load_constitution
+from alignflow.llm import endpoint
 from alignflow.run import Run, new_run_id
 from alignflow.responses import Plan
 from alignflow.step import BatchRef
 from alignflow.target import COUNTED_BY, Target
 from flows.instructions import Rounds
 from tasks.constitution import write_cai_datasets
-from tasks.gate import final_state
-from tasks.stages import BATCH, start_run, write_datasets, write_manifest
+from tasks.gate import final_state, publish_traffic
+from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
 WORKERS = 16
@@ -67,10 +69,18 @@ class Chains:
     def tokens(self) -> int:
         return sum(r["input_tokens"] + r["output_tokens"] for stage in self.stages for r in self.finished(stage))
 
-    def wait(self) -> None:
+    def wait(self) -> str | None:
+        """Every batch settled. Raises the first failure; returns why the budget stopped the run, if it did."""
+        stopped = None
         for stage in self.stages:
             for future in self.futures[stage]:
-                future.result()  # raises when a batch failed: the flow run fails, naming it
+                future.wait()
+                state = future.state
+                if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
+                    stopped = stopped or state.message.removeprefix(STOPPED_BY_BUDGET)
+                elif not state.is_pending():  # pending: its upstream batch stopped, which says why
+                    future.result()  # raises when a batch failed: the flow run fails, naming it
+        return stopped
 
 
 def enough(target: Target, rounds: Rounds, chains: Chains) -> bool:
@@ -104,7 +114,12 @@ def pipeline(config: PipelineConfig, run_id: str | None = None) -> dict:
                     tokens=lambda: rounds.spent_tokens + chains.tokens())
     for record in rounds:
         chains.add(record)
-    chains.wait()
+    if stopped := rounds.stopped_by_budget or chains.wait():  # stop cleanly: the same run id resumes
+        chains.wait()
+        summary = write_manifest(run, {"stopped": f"{stopped}; resume with a higher llm.budget_usd",
+                                       "endpoints": endpoint.traffic(config.llms())})
+        publish_traffic(summary)
+        return Completed(message=summary["stopped"], data=summary)
 
     run.prune("instructions", set(range(len(rounds.records))))
     for stage in chains.stages:
@@ -115,5 +130,7 @@ def pipeline(config: PipelineConfig, run_id: str | None = None) -> dict:
     made = rounds.kept if target.dataset == "instructions" else datasets.get(target.dataset, 0)
     if message := target.message(made, rounds.stopped_by):
         get_run_logger().warning(message)
-    summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by)})
+    summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by), "stopped": None,
+                                   "endpoints": endpoint.traffic(config.llms())})
+    publish_traffic(summary)
     return final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch

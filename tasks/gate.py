@@ -17,6 +17,7 @@ from prefect.states import Completed, State
 
 from alignflow import quarantine
 from alignflow.gate import GateResult
+from alignflow.manifest import traffic_markdown
 from alignflow.store import Store
 
 EVENT = "alignflow.batch.quarantined"
@@ -42,6 +43,12 @@ def publish(result: GateResult | None, run_id: str) -> None:
     _logger().warning("gate: %s", result.summary())
     if result.policy == "fail":
         raise GateFailed(result.summary())
+
+
+def publish_traffic(manifest: dict) -> None:
+    """The run's cost by model and each endpoint's traffic (requests, 429s, concurrency) as a Prefect artifact."""
+    create_markdown_artifact(markdown=traffic_markdown(manifest), key="traffic",
+                             description=f"run {manifest['run_id']}: cost and provider traffic")
 
 
 def final_state(store: Store, run_id: str, manifest: dict) -> State:

@@ -8,11 +8,23 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 
 from alignflow import exports, manifest, runner, stages
+from alignflow.llm.ledger import BudgetReached
+from alignflow.llm.preflight import check_endpoints
+from alignflow.prices import load_prices
 from alignflow.run import Run
 from alignflow.step import BatchRef
+from tasks import limits
 from tasks.gate import publish
+
+
+class MissingLimit(Exception):
+    """An endpoint names a global concurrency limit the Prefect server does not have."""
+
+
+STOPPED_BY_BUDGET = "stopped by the budget: "
 
 
 def run_batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -22,14 +34,29 @@ def run_batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | Non
     return done.record
 
 
-_batch = task(run_batch, cache_policy=NO_CACHE)
+def batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = None) -> dict[str, Any] | State:
+    """The batch task: a batch the budget stopped ends Cancelled with the reason (what it was answered is saved,
+    and a resume with a higher budget finishes it), not Failed with a traceback."""
+    try:
+        return run_batch(run, stage, ref, options)
+    except BudgetReached as exc:
+        return Cancelled(message=f"{STOPPED_BY_BUDGET}{exc}")
+
+
+_batch = task(batch, cache_policy=NO_CACHE)
 BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stage}-{{ref.number}}")
          for stage in stages.STEPS}
 
 
 @task(name="start-run", cache_policy=NO_CACHE)
 def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]]) -> list[str]:
-    """Say, before anything is made, which stages a changed config makes again; then make the seeds batch."""
+    """Check the shared limits exist; say, before anything is made, which stages a changed config makes again;
+    then make the seeds batch."""
+    check_endpoints(run.config.llms())  # a refused key or an endpoint nobody answers, before anything is written
+    if gone := limits.run_sync(limits.missing(run.config.llms())):
+        raise MissingLimit(f"the Prefect server has no global concurrency limit {', '.join(gone)} (llm.limit_name): "
+                           f"create it with `alignflow limits create CONFIG`")
+    run.forget_ledger()  # what was spent is counted again from the store, with this run's budget
     redo, keys = stages.changed_stages(run, [stages.step(run, s, **options.get(s, {})) for s in names])
     if redo:
         get_run_logger().warning("run %s: the config changed (%s); redoing %s", run.run_id, ", ".join(keys),
@@ -46,4 +73,4 @@ def write_datasets(run: Run) -> dict[str, int]:
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
 def write_manifest(run: Run, extra: dict[str, Any] | None = None) -> dict:
-    return manifest.write(run.store, run.run_id, extra)
+    return manifest.write(run.store, run.run_id, extra, load_prices(run.config.prices))

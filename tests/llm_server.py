@@ -312,12 +312,72 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
 
+    def _refused(self, owner: "LLMTestServer", kind: str) -> bool:
+        """With `api_key` set, a request with another key gets a 401 quoting it masked, as OpenAI's does."""
+        if owner.api_key is None:
+            return False
+        given = self.headers.get("x-api-key") or self.headers.get("Authorization", "").removeprefix("Bearer ")
+        if given == owner.api_key:
+            return False
+        masked = given[:4] + "*" * max(len(given) - 8, 0) + given[-4:]
+        self._error(kind, 401, f"Incorrect API key provided: {masked}. You can find your API key at "
+                               "https://platform.openai.com/account/api-keys.")
+        return True
+
     def do_GET(self) -> None:  # noqa: N802
+        owner = self.server.owner
+        path = self.path.split("?", 1)[0].rstrip("/")
+        parts = path.strip("/").split("/")
+        if self._refused(owner, "anthropic" if self.headers.get("x-api-key") else "openai"):
+            return
+        if parts == ["v1", "models"]:
+            return self._send(200, {"object": "list", "data": [{"id": "gen-model", "object": "model", "created": 0,
+                                                                "owned_by": "test", "type": "model",
+                                                                "display_name": "gen-model",
+                                                                "created_at": "2026-01-01T00:00:00Z"}],
+                                    "has_more": False, "first_id": "gen-model", "last_id": "gen-model"})
+        if parts[:2] == ["v1", "batches"] and len(parts) == 3:
+            found = owner.batches.get(parts[2])
+            return self._send(200, owner._openai_batch(found)) if found else self._send(404, {"error": {"message": "no such batch"}})
+        if parts[:2] == ["v1", "files"] and len(parts) == 4 and parts[3] == "content":
+            content = owner.files.get(parts[2])
+            return self._send_bytes(content) if content is not None else self._send(404, {"error": {"message": "no such file"}})
+        if parts[:3] == ["v1", "messages", "batches"] and len(parts) >= 4:
+            found = owner.batches.get(parts[3])
+            if not found:
+                return self._send(404, {"type": "error", "error": {"type": "not_found_error", "message": "no such batch"}})
+            if len(parts) == 5 and parts[4] == "results":
+                return self._send_bytes(owner._anthropic_results(found))
+            return self._send(200, owner._anthropic_batch(found))
         self._send(200, {"status": "ok"})
+
+    def _send_bytes(self, data: bytes) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            self.close_connection = True
+
+    def _batch_api(self, owner: "LLMTestServer", path: str, raw: bytes) -> None:
+        """The Batch APIs: OpenAI's files and batches, Anthropic's message batches."""
+        if path == "/v1/files":
+            self._send(200, owner._upload(self.headers.get("Content-Type", ""), raw))
+        elif path == "/v1/batches":
+            self._send(200, owner._openai_batch(owner._create_batch("openai", json.loads(raw))))
+        elif path == "/v1/messages/batches":
+            self._send(200, owner._anthropic_batch(owner._create_batch("anthropic", json.loads(raw))))
+        else:
+            self._send(404, {"error": {"message": f"unknown path {path}"}})
 
     def do_POST(self) -> None:  # noqa: N802
         owner = self.server.owner
         path = self.path.split("?", 1)[0].rstrip("/")
+        if path in ("/v1/files", "/v1/batches", "/v1/messages/batches"):
+            length = int(self.headers.get("Content-Length") or 0)
+            return self._batch_api(owner, path, self.rfile.read(length) if length else b"{}")
         if path in ("/v1/chat/completions", "/chat/completions"):
             kind = "openai"
         elif path in ("/v1/messages", "/messages"):
@@ -327,17 +387,30 @@ class _Handler(BaseHTTPRequestHandler):
             return
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b"{}"
-        owner._count("requests")
         try:
             req = json.loads(raw or b"{}")
         except ValueError:
             self._error(kind, 400, "invalid JSON body")
             return
+        model = req.get("model", "")
+        in_flight = owner._arrive(model)
+        try:
+            self._respond(owner, kind, req, in_flight)
+        finally:
+            owner._leave(model)
+
+    def _respond(self, owner: "LLMTestServer", kind: str, req: dict, in_flight: int) -> None:
+        if self._refused(owner, kind):
+            return
 
         fault = owner._draw_fault()
-        if owner.latency_s and owner._stop.wait(owner.latency_s):
+        if owner.max_in_flight is not None and in_flight > owner.max_in_flight:
+            fault = "429"  # over the server's capacity, as a provider answers beyond an account's limit
+        latency = owner._latency(in_flight)
+        if latency and owner._stop.wait(latency):
             return
         if fault == "429":
+            owner._count("throttled")
             self._error(kind, 429, "rate limited (injected)",
                         {"Retry-After": str(owner.retry_after_s)})
             return
@@ -354,7 +427,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(kind, 500, f"responder failed: {exc!r}")
             return
         if self._send(200, body):
-            owner._record_served(req)
+            owner._record_served(req, body)
 
     def _error(self, kind: str, status: int, message: str,
                headers: dict[str, str] | None = None) -> None:
@@ -398,10 +471,28 @@ class LLMTestServer:
     def __init__(self, *, respond: Responder | None = None, p429: float = 0.0,
                  p500: float = 0.0, p_malformed: float = 0.0, p_hang: float = 0.0,
                  latency_s: float = 0.0, hang_s: float = 30.0, retry_after_s: float = 0.05,
-                 seed: int = 0) -> None:
+                 latency_jitter_s: float = 0.0, max_in_flight: int | None = None,
+                 slow_per_in_flight_s: float = 0.0, batch_step_s: float = 0.2, batch_p_fail: float = 0.0,
+                 batch_expire_every: int = 0, api_key: str | None = None, seed: int = 0) -> None:
+        """`latency_s` + U(0, `latency_jitter_s`) per request, plus `slow_per_in_flight_s` for each request in
+        flight (a server that slows down under load); beyond `max_in_flight` requests at once, a 429."""
         self.respond = respond
         self.p429, self.p500, self.p_malformed, self.p_hang = p429, p500, p_malformed, p_hang
         self.latency_s, self.hang_s, self.retry_after_s = latency_s, hang_s, retry_after_s
+        self.latency_jitter_s, self.max_in_flight = latency_jitter_s, max_in_flight
+        self.slow_per_in_flight_s = slow_per_in_flight_s
+        self.in_flight = self.peak_in_flight = self.throttled = 0
+        self.arrivals: list[float] = []  # when each request arrived
+        self.in_flight_by_model: dict[str, int] = {}
+        self.peak_by_model: dict[str, int] = {}
+        self.arrivals_by_model: dict[str, list[float]] = {}
+        self.tokens_in = self.tokens_out = 0  # usage reported in the answers delivered
+        # Batch APIs: each batch moves one status every `batch_step_s`; an item fails with `batch_p_fail`; every
+        # `batch_expire_every`-th batch expires with only half of its items answered
+        self.batch_step_s, self.batch_p_fail, self.batch_expire_every = batch_step_s, batch_p_fail, batch_expire_every
+        self.files: dict[str, bytes] = {}
+        self.api_key = api_key  # when set, any other key is refused with a 401
+        self.batches: dict[str, dict] = {}
         self.seed = seed
         self._rng = random.Random(seed)
         self._seen: dict[int, int] = {}
@@ -439,15 +530,51 @@ class LLMTestServer:
 
     # -- counters
     def reset_counts(self) -> None:
-        """Zero ``requests`` and ``served``, and forget the served log."""
+        """Zero the counters, and forget the served log and the arrivals."""
         with self._lock:
-            self.requests = self.served = 0
-            self.served_log = []
+            self.requests = self.served = self.throttled = self.peak_in_flight = 0
+            self.tokens_in = self.tokens_out = 0
+            self.served_log, self.arrivals = [], []
+            self.peak_by_model, self.arrivals_by_model = {}, {}
 
-    def _record_served(self, req: dict) -> None:
+    def _arrive(self, model: str) -> int:
+        with self._lock:
+            self.requests += 1
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self.in_flight_by_model[model] = self.in_flight_by_model.get(model, 0) + 1
+            self.peak_by_model[model] = max(self.peak_by_model.get(model, 0), self.in_flight_by_model[model])
+            self.arrivals.append(time.time())
+            self.arrivals_by_model.setdefault(model, []).append(time.time())
+            return self.in_flight
+
+    def _leave(self, model: str) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.in_flight_by_model[model] -= 1
+
+    def _latency(self, in_flight: int) -> float:
+        with self._lock:
+            jitter = self._rng.uniform(0, self.latency_jitter_s) if self.latency_jitter_s else 0.0
+        return self.latency_s + jitter + self.slow_per_in_flight_s * in_flight
+
+    def max_per_window(self, window_s: float = 60.0, model: str | None = None) -> int:
+        """The most requests (to `model`, or to any) that arrived within any `window_s` seconds."""
+        times = sorted(self.arrivals if model is None else self.arrivals_by_model.get(model, []))
+        most, start = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= window_s:
+                start += 1
+            most = max(most, end - start + 1)
+        return most
+
+    def _record_served(self, req: dict, body: dict) -> None:
+        usage = body.get("usage") or {}
         with self._lock:
             self.served += 1
             self.served_log.append((time.time(), _digest(req)))
+            self.tokens_in += usage.get("prompt_tokens", usage.get("input_tokens", 0))
+            self.tokens_out += usage.get("completion_tokens", usage.get("output_tokens", 0))
 
     def _count(self, attr: str) -> None:
         with self._lock:
@@ -462,6 +589,111 @@ class LLMTestServer:
                 return name
             x -= p
         return None
+
+    # -- Batch APIs
+    def _upload(self, content_type: str, raw: bytes) -> dict:
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        message = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + raw)
+        content = next(part.get_payload(decode=True) for part in message.iter_parts() if part.get_filename())
+        file_id = f"file-{uuid.uuid4().hex[:24]}"
+        with self._lock:
+            self.files[file_id] = content
+        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                "filename": "requests.jsonl", "purpose": "batch", "status": "processed"}
+
+    def _create_batch(self, kind: str, body: dict) -> dict:
+        if kind == "openai":
+            lines = [json.loads(line) for line in self.files[body["input_file_id"]].splitlines() if line.strip()]
+            requests = [(line["custom_id"], line["body"]) for line in lines]
+        else:
+            requests = [(r["custom_id"], r["params"]) for r in body["requests"]]
+        with self._lock:
+            number = len(self.batches) + 1
+            batch = {"id": f"{'batch' if kind == 'openai' else 'msgbatch'}_{uuid.uuid4().hex[:20]}", "kind": kind,
+                     "created": time.time(), "requests": requests, "number": number, "results": None,
+                     "expires": bool(self.batch_expire_every) and number % self.batch_expire_every == 0}
+            self.batches[batch["id"]] = batch
+        return batch
+
+    def _stage(self, batch: dict) -> int:
+        """0 validating, 1 in progress, 2 finalizing, 3 ended: one step per `batch_step_s`."""
+        return min(int((time.time() - batch["created"]) / self.batch_step_s), 3) if self.batch_step_s else 3
+
+    def _results(self, batch: dict) -> list[tuple[str, dict | None, str | None]]:
+        """(custom id, answer body or None, error or None) per request answered, in a shuffled order."""
+        with self._lock:
+            if batch["results"] is not None:
+                return batch["results"]
+        rnd = random.Random(_digest(self.seed, batch["id"]))
+        out = []
+        for i, (custom_id, body) in enumerate(batch["requests"]):
+            if batch["expires"] and i % 2:
+                out.append((custom_id, None, "expired"))
+            elif rnd.random() < self.batch_p_fail:
+                out.append((custom_id, None, "failed"))
+            else:
+                answer = self._answer(body, batch["kind"], malformed=False)
+                self._record_served(body, answer)
+                out.append((custom_id, answer, None))
+        rnd.shuffle(out)  # results come back in any order
+        with self._lock:
+            batch["results"] = out
+        return out
+
+    def _openai_batch(self, batch: dict) -> dict:
+        stage = self._stage(batch)
+        status = ["validating", "in_progress", "finalizing", "expired" if batch["expires"] else "completed"][stage]
+        out = {"id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
+               "input_file_id": "file-input", "completion_window": "24h", "status": status,
+               "output_file_id": None, "error_file_id": None, "created_at": int(batch["created"]),
+               "request_counts": {"total": len(batch["requests"]), "completed": 0, "failed": 0}}
+        if stage == 3:
+            results = self._results(batch)
+            done = [json.dumps({"id": f"batch_req_{i}", "custom_id": cid, "error": None,
+                                "response": {"status_code": 200, "request_id": f"req_{i}", "body": answer}})
+                    for i, (cid, answer, _) in enumerate(results) if answer is not None]
+            bad = [json.dumps({"id": f"batch_req_{i}", "custom_id": cid,
+                               "error": {"code": "batch_expired", "message": "This request could not be executed "
+                                         "before the completion window expired."} if error == "expired" else None,
+                               "response": None if error == "expired" else
+                               {"status_code": 500, "request_id": f"req_{i}",
+                                "body": {"error": {"message": "internal error (injected)", "type": "server_error"}}}})
+                   for i, (cid, answer, error) in enumerate(results) if answer is None]
+            for name, lines in (("output_file_id", done), ("error_file_id", bad)):
+                if lines:
+                    file_id = f"file-{batch['id']}-{name[:3]}"
+                    self.files[file_id] = ("\n".join(lines) + "\n").encode()
+                    out[name] = file_id
+            out["request_counts"] = {"total": len(results), "completed": len(done), "failed": len(bad)}
+        return out
+
+    def _anthropic_batch(self, batch: dict) -> dict:
+        ended = self._stage(batch) == 3
+        counts = {"processing": 0 if ended else len(batch["requests"]), "succeeded": 0, "errored": 0,
+                  "canceled": 0, "expired": 0}
+        if ended:
+            for _, answer, error in self._results(batch):
+                counts["succeeded" if answer else "expired" if error == "expired" else "errored"] += 1
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(batch["created"]))
+        return {"id": batch["id"], "type": "message_batch", "processing_status": "ended" if ended else "in_progress",
+                "request_counts": counts, "ended_at": created if ended else None, "created_at": created,
+                "expires_at": created, "archived_at": None, "cancel_initiated_at": None,
+                "results_url": f"{self.url}/v1/messages/batches/{batch['id']}/results" if ended else None}
+
+    def _anthropic_results(self, batch: dict) -> bytes:
+        lines = []
+        for cid, answer, error in self._results(batch):
+            if answer is not None:
+                result = {"type": "succeeded", "message": answer}
+            elif error == "expired":
+                result = {"type": "expired"}
+            else:
+                result = {"type": "errored", "error": {"type": "error",
+                                                       "error": {"type": "api_error", "message": "internal error (injected)"}}}
+            lines.append(json.dumps({"custom_id": cid, "result": result}))
+        return ("\n".join(lines) + "\n").encode()
 
     # -- answers
     def _occurrence(self, req: dict) -> int:

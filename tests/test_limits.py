@@ -39,17 +39,57 @@ def test_tokens_count_by_weight_and_an_oversized_request_still_goes_alone():
 
 def test_the_cap_holds_and_only_tightens():
     limits = Limits(4)
-    limits.tighten(8, None, None)
+    limits.tighten(8)
     assert limits.cap == 4
-    limits.tighten(2, 60, None)
+    limits.tighten(2, 60)
     assert limits.cap == 2 and limits.rpm.limit == 60
 
     async def go() -> int:
         async def one():
-            async with limits.slot(10):
+            async with limits.slot(10, 0):
                 await asyncio.sleep(0.02)
 
         await asyncio.gather(*(one() for _ in range(10)))
         return limits.peak_in_flight
 
     assert asyncio.run(go()) == 2
+
+
+def test_many_429s_cut_the_cap_and_a_few_random_ones_do_not():
+    limits = Limits(16)
+    for _ in range(40):  # one in ten at random: a provider shedding load, not an account over its limit
+        for _ in range(9):
+            limits.succeeded(0.1)
+        limits.throttled(time.monotonic(), 20)
+    assert limits.cap == 16 and limits.stats.cuts == 0
+    for _ in range(10):  # most answers are 429s: over capacity
+        limits.throttled(time.monotonic(), 20)
+    assert limits.cap < 16 and limits.stats.cuts >= 1
+    cut = limits.cap
+    for _ in range(200):
+        limits.succeeded(0.1)
+    assert cut < limits.cap < 20  # grows back, below the load that was refused
+
+
+def test_a_429_to_a_request_sent_before_the_last_cut_cuts_nothing_more():
+    limits = Limits(32)
+    burst = time.monotonic()
+    for _ in range(30):
+        limits.throttled(burst, 20)
+    assert limits.stats.cuts == 1
+
+
+def test_a_spent_budget_in_the_headers_pauses_until_its_reset():
+    limits = Limits(4)
+    limits.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "0.3s"})
+
+    async def go() -> float:
+        started = time.monotonic()
+        async with limits.slot(10, 10):
+            return time.monotonic() - started
+
+    assert asyncio.run(go()) >= 0.25 and limits.stats.paused_s > 0
+    limits = Limits(4)
+    limits.observe({"anthropic-ratelimit-output-tokens-remaining": "50000", "anthropic-ratelimit-output-tokens-limit":
+                    "80000", "anthropic-ratelimit-output-tokens-reset": "2030-01-01T00:00:00Z"})
+    assert asyncio.run(go()) < 0.1  # plenty left: no pause

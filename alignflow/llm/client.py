@@ -17,7 +17,9 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from alignflow.config import LLMConfig
 from alignflow.llm import endpoint as endpoints
+from alignflow.llm.batches import answer_in_batches
 from alignflow.llm.cache import RequestCache, request_key
+from alignflow.llm.ledger import BudgetReached, Ledger
 from alignflow.llm.structured import ParseError, parse_structured
 from alignflow.llm.types import Completion, ProviderError, Request, Result
 
@@ -53,10 +55,12 @@ class _BackoffHonouringRetryAfter:
 class LLM:
     """One configured model. `generate` never raises for a single bad request: it returns a failed Result."""
 
-    def __init__(self, config: LLMConfig, cache: RequestCache | None = None, seed: int | None = None):
+    def __init__(self, config: LLMConfig, cache: RequestCache | None = None, seed: int | None = None,
+                 ledger: Ledger | None = None):
         self.config = config
         self.cache = cache
         self.seed = seed
+        self.ledger = ledger
 
     @property
     def provider(self) -> str:
@@ -94,20 +98,39 @@ class LLM:
 
     async def answer(self, request: Request, answers: Answers | None = None) -> Result:
         """One request: a known answer if there is one, else asked (with retries and re-asks) and remembered."""
-        key = self.key(request)
-        known = (answers.get(key) if answers is not None else None) or (self.cache.get(key) if self.cache else None)
-        if known:
-            if answers is not None:
-                answers.put(key, known)  # an answer from the local cache becomes part of the run's store
-            return Result(ok=True, parsed=self._parse(known["text"], request), cached=True, attempts=0,
-                          **{k: known[k] for k in ANSWER_FIELDS})
+        known = self.known(request, answers)
+        if known is not None:
+            return known
         result = await self._ask(request)
+        self.remember(request, result, answers)
+        return result
+
+    def known(self, request: Request, answers: Answers | None) -> Result | None:
+        """The answer the run's store (or else the request cache) already holds."""
+        key = self.key(request)
+        saved = answers.get(key) if answers is not None else None
+        known = saved or (self.cache.get(key) if self.cache else None)
+        if not known:
+            return None
+        if answers is not None:
+            answers.put(key, known)  # an answer from the local cache becomes part of the run's store
+        return Result(ok=True, parsed=self.parse(known["text"], request), cached=True, attempts=0,
+                      paid=saved is not None, **{k: known[k] for k in ANSWER_FIELDS})
+
+    def remember(self, request: Request, result: Result, answers: Answers | None) -> None:
+        """A success goes to the run's store and the request cache; a failure is asked again next time."""
         if result.ok:
             value = {k: getattr(result, k) for k in ANSWER_FIELDS}
             for store in (answers, self.cache):
                 if store is not None:
-                    store.put(key, value)
-        return result
+                    store.put(self.key(request), value)
+
+    def reask(self, messages: list[dict], text: str, error: ParseError) -> list[dict]:
+        """The conversation again, with the invalid answer and what was wrong with it."""
+        return messages + [
+            {"role": "assistant", "content": text},
+            {"role": "user", "content": f"That answer was not valid ({error}). Reply again with only the JSON object."},
+        ]
 
     async def _ask(self, request: Request) -> Result:
         started = time.perf_counter()
@@ -118,34 +141,49 @@ class LLM:
                 completion, tries = await self._call(dataclasses.replace(request, messages=messages))
             except ProviderError as exc:
                 return Result(ok=False, error=str(exc), text=exc.raw, attempts=attempts + getattr(exc, "attempts", 1),
-                              latency_s=time.perf_counter() - started, input_tokens=in_tok, output_tokens=out_tok)
+                              latency_s=time.perf_counter() - started, input_tokens=in_tok, output_tokens=out_tok,
+                              paid=True)
             attempts += tries
             in_tok += completion.input_tokens
             out_tok += completion.output_tokens
             try:
-                parsed = self._parse(completion.text, request)
+                parsed = self.parse(completion.text, request)
             except ParseError as exc:
                 if ask == self.config.structured_retries:
                     return Result(ok=False, error=f"invalid structured output after {ask + 1} asks: {exc}",
                                   text=completion.text, finish_reason=completion.finish_reason, attempts=attempts,
-                                  latency_s=time.perf_counter() - started, input_tokens=in_tok, output_tokens=out_tok)
-                messages = messages + [
-                    {"role": "assistant", "content": completion.text},
-                    {"role": "user", "content": f"That answer was not valid ({exc}). Reply again with only the JSON object."},
-                ]
+                                  latency_s=time.perf_counter() - started, input_tokens=in_tok, output_tokens=out_tok,
+                                  paid=True)
+                messages = self.reask(messages, completion.text, exc)
                 continue
             return Result(ok=True, text=completion.text, parsed=parsed, finish_reason=completion.finish_reason,
-                          input_tokens=in_tok, output_tokens=out_tok, attempts=attempts,
+                          input_tokens=in_tok, output_tokens=out_tok, attempts=attempts, paid=True,
                           latency_s=time.perf_counter() - started)
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _parse(text: str, request: Request):
+    def parse(text: str, request: Request):
         return parse_structured(text, request.schema) if request.schema is not None else None
 
     async def _call(self, request: Request) -> tuple[Completion, int]:
         where = self.endpoint
-        estimate = sum(len(m["content"]) for m in request.messages) // 4 + request.max_tokens
+        limits = where.limits
+        shared = endpoints.limit_name(self.config)
+        prompt = sum(len(m["content"]) for m in request.messages) // 4  # tokens, roughly: before the answer counts them
+        batch = self.config.mode == "batch"
+        reserved = self.ledger.reserve(self.provider, self.model, prompt, request.max_tokens, batch) if self.ledger else 0.0
+        spent = (0, 0)
+        try:
+            completion, tries = await self._attempts(request, where, limits, shared, prompt)
+            spent = (completion.input_tokens, completion.output_tokens)
+            return completion, tries
+        finally:
+            if self.ledger:
+                self.ledger.settle(reserved, self.provider, self.model, *spent, batch)
+
+    async def _attempts(self, request: Request, where: endpoints.Endpoint, limits, shared: str | None,
+                        prompt: int) -> tuple[Completion, int]:
+        """The call, retried with backoff while its failure may pass (429, 5xx, timeouts)."""
         tries = 0
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
@@ -157,8 +195,18 @@ class LLM:
             async for attempt in retrying:
                 with attempt:
                     tries += 1
-                    async with where.limits.slot(estimate):
-                        return await where.backend.complete(request, self.config.timeout_s), tries
+                    async with limits.slot(prompt, request.max_tokens) as (sent_at, in_flight), \
+                            endpoints.shared_limit(shared, self.config.rpm is not None):
+                        try:
+                            completion = await where.backend.complete(request, self.config.timeout_s)
+                        except ProviderError as exc:
+                            limits.observe(exc.headers)
+                            if exc.status == 429:
+                                limits.throttled(sent_at, in_flight)
+                            raise
+                        limits.observe(completion.headers)
+                        limits.succeeded(time.monotonic() - sent_at, completion.output_tokens)
+                        return completion, tries
         except ProviderError as exc:
             exc.attempts = tries
             raise
@@ -173,10 +221,39 @@ def generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None = 
 
 async def _generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None,
                     answers: Answers | None) -> list[Result]:
-    async def one(llm: LLM, request: Request) -> Result:
-        result = await llm.answer(request, answers)
-        if on_result:
-            on_result(result)
-        return result
+    """Every call at once: live ones each on its own, `mode: batch` ones as provider batches per model. When the
+    budget stops some, the others still finish (and are saved) before BudgetReached is raised, so nothing paid
+    for is lost."""
+    stopped: list[BudgetReached] = []
+    results: list[Result | None] = [None] * len(calls)
 
-    return list(await asyncio.gather(*(one(llm, r) for llm, r in calls)))
+    async def one(i: int, llm: LLM, request: Request) -> None:
+        try:
+            results[i] = await llm.answer(request, answers)
+        except BudgetReached as exc:
+            stopped.append(exc)
+            return
+        if on_result:
+            on_result(results[i])
+
+    async def offline(group: list[int]) -> None:
+        llm = calls[group[0]][0]
+        try:
+            answered = await answer_in_batches(llm, [calls[i][1] for i in group], answers, on_result)
+        except BudgetReached as exc:
+            stopped.append(exc)
+            return
+        for i, result in zip(group, answered):
+            results[i] = result
+
+    batched: dict[tuple, list[int]] = {}
+    live = []
+    for i, (llm, request) in enumerate(calls):
+        if llm.config.mode == "batch":
+            batched.setdefault((llm.endpoint.name, llm.config.model_dump_json()), []).append(i)
+        else:
+            live.append(one(i, llm, request))
+    await asyncio.gather(*live, *(offline(group) for group in batched.values()))
+    if stopped:
+        raise stopped[0]
+    return results  # type: ignore[return-value]

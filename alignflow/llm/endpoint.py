@@ -7,9 +7,13 @@ the limits set for an endpoint hold for the whole process, whichever batch, stag
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import hashlib
+import re
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,17 +37,50 @@ def event_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def _submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future:
+    """Start `coro` on the endpoints' loop in the caller's context (its settings, e.g. which Prefect server)."""
+    loop, context, done = event_loop(), contextvars.copy_context(), concurrent.futures.Future()
+
+    def start() -> None:
+        task = loop.create_task(coro, context=context)
+        task.add_done_callback(lambda t: done.cancel() if t.cancelled() else
+                               done.set_exception(t.exception()) if t.exception() else done.set_result(t.result()))
+
+    loop.call_soon_threadsafe(start)
+    return done
+
+
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` on the endpoints' loop and wait for its result, from any other thread."""
-    return asyncio.run_coroutine_threadsafe(coro, event_loop()).result()
+    return _submit(coro).result()
 
 
 async def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """The same from a coroutine on another loop (its own loop keeps running meanwhile)."""
-    loop = event_loop()
-    if asyncio.get_running_loop() is loop:
+    if asyncio.get_running_loop() is event_loop():
         return await coro
-    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+    return await asyncio.wrap_future(_submit(coro))
+
+
+SharedLimit = Callable[[str, bool], AbstractAsyncContextManager]
+_shared: SharedLimit | None = None
+
+
+def share_limits(hook: SharedLimit | None) -> None:
+    """Limits shared with other processes: `hook(name, rate)` holds one slot of the limit `name` for a request
+    (and, with `rate`, takes one from its per-minute twin first). The orchestrator supplies it (`tasks/limits.py`:
+    Prefect's global concurrency limits); the domain only calls it."""
+    global _shared
+    _shared = hook
+
+
+def shared_limit(name: str | None, rate: bool) -> AbstractAsyncContextManager:
+    if name is None:
+        return nullcontext()
+    if _shared is None:
+        raise RuntimeError(f"llm.limit_name is {name!r}, but nothing here shares limits across processes: "
+                           "run through the alignflow command or a Prefect flow")
+    return _shared(name, rate)
 
 
 @dataclass
@@ -61,6 +98,15 @@ class Endpoint:
         return f"{self.provider}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
 
 
+def limit_name(config: LLMConfig) -> str | None:
+    """The global limit an endpoint's requests share across processes: `llm.limit_name`, or with `auto` one
+    derived from the endpoint (provider, model, base_url), so every run on the same endpoint finds the same."""
+    if config.limit_name != "auto":
+        return config.limit_name
+    where = hashlib.sha256((config.base_url or "").encode()).hexdigest()[:6]
+    return re.sub(r"[^a-z0-9-]+", "-", f"alignflow-{config.provider}-{config.model_name}-{where}".lower())
+
+
 _endpoints: dict[tuple, Endpoint] = {}
 
 
@@ -73,11 +119,39 @@ def endpoint(config: LLMConfig) -> Endpoint:
         found = _endpoints.get(identity)
         if found is None:
             found = _endpoints[identity] = Endpoint(config.provider, config.base_url, config.model_name,
-                                                    _backend(config, key_value),
-                                                    Limits(config.max_concurrency, config.rpm, config.tpm))
+                                                    _backend(config, key_value), Limits(*_limits(config)))
         else:
-            found.limits.tighten(config.max_concurrency, config.rpm, config.tpm)
+            found.limits.tighten(*_limits(config))
         return found
+
+
+def _limits(config: LLMConfig) -> tuple:
+    return config.max_concurrency, config.rpm, config.tpm, config.input_tpm, config.output_tpm
+
+
+def endpoints() -> list[Endpoint]:
+    """Every endpoint this process has used, for its stats."""
+    with _lock:
+        return list(_endpoints.values())
+
+
+def traffic(configs: list[LLMConfig] | None = None) -> list[dict]:
+    """Each endpoint's requests, 429s and concurrency in this process (of `configs` only, when given): for the
+    manifest and the run's artifacts."""
+    wanted = {(c.provider, c.base_url, c.model_name) for c in configs} if configs is not None else None
+    return [{"endpoint": e.name, "requests": e.limits.stats.requests, "throttled": e.limits.stats.throttled,
+             "throttled_share": round(e.limits.stats.throttled_share, 4), "cap": e.limits.configured,
+             "lowest_cap": e.limits.stats.lowest_cap, "cap_now": int(e.limits.cap), "cuts": e.limits.stats.cuts,
+             "peak_in_flight": e.limits.stats.peak_in_flight, "paused_s": round(e.limits.stats.paused_s, 1)}
+            for e in endpoints() if e.limits.stats.requests
+            and (wanted is None or (e.provider, e.base_url, e.model) in wanted)]
+
+
+def traffic_lines() -> list[str]:
+    """One line per endpoint, as the terminal shows it while a run goes."""
+    return [f"{e.name}: {e.limits.in_flight} in flight, cap {int(e.limits.cap)} of {e.limits.configured}, "
+            f"{e.limits.stats.throttled} 429s ({e.limits.stats.throttled_share:.0%})"
+            for e in endpoints() if e.limits.stats.requests]
 
 
 def _backend(config: LLMConfig, api_key: str | None) -> Backend:

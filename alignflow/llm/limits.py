@@ -1,20 +1,42 @@
-"""Provider limits for one endpoint: a cap on requests in flight, and requests and tokens per minute.
+"""Provider limits for one endpoint: requests in flight, requests and tokens per minute, and what the provider says.
 
-The per-minute limits are sliding windows, not token buckets: a bucket that starts full lets through a
-whole minute's budget at once and then its refill, nearly twice the limit in the first minute. A window
-counts what was sent in the last `period` seconds, so the limit holds in every window, the first included.
+- The per-minute limits are sliding windows, not token buckets: a bucket that starts full lets through a whole
+  minute's budget at once and then its refill, nearly twice the limit in the first minute. A window counts what
+  was sent in the last `period` seconds, so the limit holds in every window, the first included. Input and
+  output tokens have windows of their own (Anthropic limits them apart).
+- The cap on requests in flight adapts (AIMD): cut by the share refused (30% to 70%) when more than 15% of the
+  last 32 answers were 429s,
+  grown by one per cap's worth of successes while almost none are, never above the configured cap. A lone 429
+  (a blip, or a provider shedding load at random) does not halve a run's speed; a server that is over its
+  capacity answers many, and is backed off within a round trip. A server that never answers 429 (a proxy,
+  vLLM) but slows down under load is backed off too, when latency climbs far above the fastest seen.
+- Rate-limit headers (`x-ratelimit-remaining-*`, `anthropic-ratelimit-*-remaining`) that report a budget spent
+  pause new requests until its reset.
+
 Everything here lives on one event loop (the endpoints' loop), so no locks are needed.
 """
 from __future__ import annotations
 
 import asyncio
+import re
+import statistics
 import time
 from collections import deque
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 # What is sent at t may reach the server a little later than what is sent at t + period: a small margin
 # keeps the limit true where it is measured, at the server.
 MARGIN_S = 0.25
+RECENT = 32  # answers the 429 share is judged over
+JUDGED_FROM = 8  # answers needed before the share means anything
+CUT_ABOVE = 0.15  # a 429 share above this cuts the cap
+GROW_BELOW = 0.03  # the cap grows only while the share is below this: no 429 among the last 32
+PROBE_S = 30.0  # after a cut, the cap stays under the load that was refused this long, then probes again
+SLOW = 4.0  # latency this many times the fastest seen means the server is overloaded
+SLOW_SAMPLES = 20  # latencies seen before the fastest is trusted
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
 
 class SlidingWindow:
@@ -43,41 +65,173 @@ class SlidingWindow:
             await asyncio.sleep(self._sent[0][0] + self.period - now + 1e-3)
 
 
+@dataclass
+class Stats:
+    """What an endpoint did: shown while a run goes and kept in its manifest."""
+
+    requests: int = 0
+    throttled: int = 0  # answered 429
+    cuts: int = 0  # times the cap was lowered
+    peak_in_flight: int = 0
+    lowest_cap: int = 0
+    paused_s: float = 0.0  # waiting for a rate-limit reset the provider announced
+
+    @property
+    def throttled_share(self) -> float:
+        return self.throttled / self.requests if self.requests else 0.0
+
+
 class Limits:
-    """A cap on requests in flight plus optional request and token windows, shared by every request to one
-    endpoint. The cap can only be lowered: when stages configure one endpoint differently, the strictest wins."""
+    """The limits every request to one endpoint shares. When stages configure one endpoint differently, the
+    strictest setting wins."""
 
-    def __init__(self, max_concurrency: int, rpm: int | None = None, tpm: int | None = None):
-        self.cap = max_concurrency
-        self.rpm = SlidingWindow(rpm) if rpm else None
-        self.tpm = SlidingWindow(tpm) if tpm else None
+    def __init__(self, max_concurrency: int, rpm: int | None = None, tpm: int | None = None,
+                 input_tpm: int | None = None, output_tpm: int | None = None):
+        self.configured = max_concurrency
+        self.cap = float(max_concurrency)
+        self.windows: dict[str, SlidingWindow] = {}
+        self.tighten(max_concurrency, rpm, tpm, input_tpm, output_tpm)
         self.in_flight = 0
-        self.peak_in_flight = 0
+        self.stats = Stats(lowest_cap=max_concurrency)
         self._free: asyncio.Condition | None = None  # made on the loop that first uses it
+        self._last_cut = 0.0
+        self._recent: deque[bool] = deque(maxlen=RECENT)  # was each recent answer a 429
+        self._refused_at: list[int] = []  # requests in flight when each 429 since the last cut was sent
+        self._ceiling = (float("inf"), 0.0)  # (requests in flight the server refused, until when that holds)
+        self._paused_until = 0.0
+        self._fastest: float | None = None
+        self._latencies = 0
+        self._slow_ewma: float | None = None
 
-    def tighten(self, max_concurrency: int, rpm: int | None, tpm: int | None) -> None:
-        self.cap = min(self.cap, max_concurrency)
-        if rpm and (self.rpm is None or rpm < self.rpm.limit):
-            self.rpm = SlidingWindow(rpm)
-        if tpm and (self.tpm is None or tpm < self.tpm.limit):
-            self.tpm = SlidingWindow(tpm)
+    @property
+    def peak_in_flight(self) -> int:
+        return self.stats.peak_in_flight
+
+    def tighten(self, max_concurrency: int, rpm: int | None = None, tpm: int | None = None,
+                input_tpm: int | None = None, output_tpm: int | None = None) -> None:
+        self.configured = min(self.configured, max_concurrency)
+        self.cap = min(self.cap, self.configured)
+        for name, limit in (("requests", rpm), ("tokens", tpm), ("input", input_tpm), ("output", output_tpm)):
+            if limit and (name not in self.windows or limit < self.windows[name].limit):
+                self.windows[name] = SlidingWindow(limit)
+
+    @property
+    def rpm(self) -> SlidingWindow | None:
+        return self.windows.get("requests")
 
     @asynccontextmanager
-    async def slot(self, tokens: int):
-        """Hold one of the endpoint's slots for one call; `tokens` is the request's size estimate."""
+    async def slot(self, input_tokens: int, output_tokens: int):
+        """Hold one of the endpoint's slots for one call. Yields when it was sent and how many were in flight
+        then (for `throttled`)."""
         if self._free is None:
             self._free = asyncio.Condition()
         async with self._free:
-            await self._free.wait_for(lambda: self.in_flight < self.cap)
+            await self._free.wait_for(lambda: self.in_flight < max(1, int(self.cap)))
             self.in_flight += 1
         try:
-            if self.rpm:
-                await self.rpm.acquire()
-            if self.tpm:
-                await self.tpm.acquire(tokens)
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            yield
+            for name, units in (("requests", 1), ("tokens", input_tokens + output_tokens), ("input", input_tokens),
+                                ("output", output_tokens)):
+                if name in self.windows:
+                    await self.windows[name].acquire(units)
+            if (wait := self._paused_until - time.monotonic()) > 0:
+                self.stats.paused_s += wait
+                await asyncio.sleep(wait)
+            self.stats.requests += 1
+            self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.in_flight)
+            yield time.monotonic(), self.in_flight
         finally:
             async with self._free:
                 self.in_flight -= 1
-                self._free.notify()
+                self._free.notify(max(1, int(self.cap) - self.in_flight))  # as many as may go now, not every waiter
+
+    def _share(self) -> float | None:
+        return sum(self._recent) / len(self._recent) if len(self._recent) >= JUDGED_FROM else None
+
+    def throttled(self, sent_at: float, in_flight: int) -> None:
+        """A 429 to a request sent with `in_flight` requests in flight. Too many of late cut the cap, once per round
+        trip (429s to requests sent before the last cut say nothing new), by the share refused and to below the
+        load that was refused (the median load of the 429s): 16 sent, 12 refused from the 5th on, leaves 4."""
+        self.stats.throttled += 1
+        self._recent.append(True)
+        self._refused_at.append(in_flight)
+        share = self._share()
+        if share is not None and share > CUT_ABOVE and sent_at >= self._last_cut:
+            self._ceiling = (statistics.median_low(self._refused_at), time.monotonic() + PROBE_S)
+            self._cut(min(0.7, max(0.3, 1 - share)))
+            self._refused_at = []
+            self._recent.clear()
+
+    def succeeded(self, latency_s: float, output_tokens: int = 0) -> None:
+        """One success: grow the cap by 1/cap (one per cap's worth), unless the server is slowing down. Latency is
+        compared per length of answer, so long answers are not mistaken for an overloaded server."""
+        latency_s = latency_s / (1 + output_tokens / 100)
+        self._recent.append(False)
+        self._latencies += 1
+        self._fastest = latency_s if self._fastest is None else min(self._fastest, latency_s)
+        self._slow_ewma = latency_s if self._slow_ewma is None else 0.9 * self._slow_ewma + 0.1 * latency_s
+        if self._latencies >= SLOW_SAMPLES and self._slow_ewma > SLOW * max(self._fastest, 0.01):
+            if time.monotonic() - self._last_cut > max(self._slow_ewma, 1.0):
+                self._cut(0.8)
+            return
+        share = self._share()
+        if share is not None and share < GROW_BELOW:  # after a cut, only once enough answers came back clean
+            ceiling, until = self._ceiling
+            top = self.configured if time.monotonic() > until else min(self.configured, max(ceiling - 0.001, 1.0))
+            self.cap = min(float(top), max(self.cap, self.cap + 1 / max(self.cap, 1.0)))
+
+    def _cut(self, factor: float) -> None:
+        ceiling, until = self._ceiling
+        below = ceiling - 1 if time.monotonic() <= until else float("inf")
+        self.cap = max(1.0, min(self.cap * factor, below))
+        self._last_cut = time.monotonic()
+        self.stats.cuts += 1
+        self.stats.lowest_cap = min(self.stats.lowest_cap, int(self.cap))
+
+    def observe(self, headers: dict[str, str] | None) -> None:
+        """Pause new requests until the reset of a budget the provider reports spent."""
+        if not headers:
+            return
+        for remaining, reset, limit in _BUDGETS:
+            left = _number(headers.get(remaining))
+            if left is None:
+                continue
+            total = _number(headers.get(limit)) if limit else None
+            if left <= (0.02 * total if total else 0):
+                wait = _seconds_until(headers.get(reset))
+                if wait:
+                    self._paused_until = max(self._paused_until, time.monotonic() + min(wait, 120.0))
+
+
+# (remaining, reset, limit) headers: OpenAI's and Anthropic's
+_BUDGETS = [
+    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-requests"),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens", "x-ratelimit-limit-tokens"),
+    ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset", "anthropic-ratelimit-requests-limit"),
+    ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset", "anthropic-ratelimit-tokens-limit"),
+    ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset",
+     "anthropic-ratelimit-input-tokens-limit"),
+    ("anthropic-ratelimit-output-tokens-remaining", "anthropic-ratelimit-output-tokens-reset",
+     "anthropic-ratelimit-output-tokens-limit"),
+]
+RATE_LIMIT_HEADERS = {name for triple in _BUDGETS for name in triple if name} | {"retry-after", "retry-after-ms"}
+
+
+def _number(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _seconds_until(reset: str | None) -> float | None:
+    """OpenAI's resets are durations ("1s", "6m0s", "20ms"); Anthropic's are RFC 3339 times."""
+    if not reset:
+        return None
+    parts = _DURATION.findall(reset)
+    if parts and "".join(f"{n}{u}" for n, u in parts) == reset.strip():
+        return sum(float(n) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+    try:
+        at = datetime.fromisoformat(reset.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max((at - datetime.now(timezone.utc)).total_seconds(), 0.0)

@@ -28,16 +28,20 @@ class Completion:
     finish_reason: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    headers: dict[str, str] | None = None  # the rate-limit headers of the response
 
 
 class ProviderError(Exception):
     """A failed call. `retryable` says whether trying again may help; `retry_after` is in seconds."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, raw: str | None = None):
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, raw: str | None = None,
+                 status: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.raw = raw
+        self.status = status
+        self.headers = headers
 
 
 @dataclass
@@ -54,4 +58,5 @@ class Result:
     latency_s: float = 0.0
     attempts: int = 0
     cached: bool = False
+    paid: bool = False  # this run paid for it: asked now, or saved from an earlier attempt (not the request cache)
     extra: dict[str, Any] = field(default_factory=dict)
