@@ -406,6 +406,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = owner._draw_fault()
         if owner.max_in_flight is not None and in_flight > owner.max_in_flight:
             fault = "429"  # over the server's capacity, as a provider answers beyond an account's limit
+            owner._count("over_capacity")
         latency = owner._latency(in_flight)
         if latency and owner._stop.wait(latency):
             return
@@ -481,7 +482,7 @@ class LLMTestServer:
         self.latency_s, self.hang_s, self.retry_after_s = latency_s, hang_s, retry_after_s
         self.latency_jitter_s, self.max_in_flight = latency_jitter_s, max_in_flight
         self.slow_per_in_flight_s = slow_per_in_flight_s
-        self.in_flight = self.peak_in_flight = self.throttled = 0
+        self.in_flight = self.peak_in_flight = self.throttled = self.over_capacity = 0
         self.arrivals: list[float] = []  # when each request arrived
         self.in_flight_by_model: dict[str, int] = {}
         self.peak_by_model: dict[str, int] = {}
@@ -532,7 +533,7 @@ class LLMTestServer:
     def reset_counts(self) -> None:
         """Zero the counters, and forget the served log and the arrivals."""
         with self._lock:
-            self.requests = self.served = self.throttled = self.peak_in_flight = 0
+            self.requests = self.served = self.throttled = self.peak_in_flight = self.over_capacity = 0
             self.tokens_in = self.tokens_out = 0
             self.served_log, self.arrivals = [], []
             self.peak_by_model, self.arrivals_by_model = {}, {}

@@ -62,13 +62,20 @@ def test_many_429s_cut_the_cap_and_a_few_random_ones_do_not():
             limits.succeeded(0.1)
         limits.throttled(time.monotonic(), 20)
     assert limits.cap == 16 and limits.stats.cuts == 0
-    for _ in range(10):  # most answers are 429s: over capacity
+    for _ in range(25):  # most answers are 429s: over capacity
         limits.throttled(time.monotonic(), 20)
     assert limits.cap < 16 and limits.stats.cuts >= 1
     cut = limits.cap
     for _ in range(200):
         limits.succeeded(0.1)
-    assert cut < limits.cap < 20  # grows back, below the load that was refused
+    assert limits.cap == cut  # held where the cut put it ...
+    limits._hold_until = 0.0  # ... for PROBE_S
+    for _ in range(200):
+        limits.succeeded(0.1)
+    assert cut < limits.cap <= 16  # then grows back, never above what was set
+    for _ in range(15):
+        limits.throttled(time.monotonic(), 16)
+    assert limits.cap == cut  # a probe that meets more than a few 429s goes back
 
 
 def test_a_429_to_a_request_sent_before_the_last_cut_cuts_nothing_more():

@@ -142,3 +142,25 @@ def test_the_manifest_counts_the_tokens_the_server_sent_and_prices_them(tmp_path
     assert sum(stage_costs) == pytest.approx(expected, rel=1e-6) and len(stage_costs) == 3
     out = capsys.readouterr().out
     assert "by model" in out and f"cost: ${expected:,.4f}" in out
+
+
+def test_a_budget_stops_the_run_cleanly_and_a_higher_one_resumes_it(tmp_path, capsys):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("openai:\n  gen-model: {input: 1000, output: 1000}\n")  # $0.001 a token: a budget bites
+    store = tmp_path / "store"
+    with LLMTestServer() as server:
+        assert main(args(server, store, "--set", f"prices={prices}", "--set", "llm.budget_usd=4",
+                         "--set", "cache.enabled=false")) == 4
+        first = server.requests
+        answered = {digest for _, digest in server.served_log}
+        spent = (server.tokens_in + server.tokens_out) / 1000
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        server.reset_counts()
+        assert main(args(server, store, "--set", f"prices={prices}", "--set", "llm.budget_usd=100",
+                         "--set", "cache.enabled=false")) == 0
+        resumed = {digest for _, digest in server.served_log}
+    assert err.startswith("alignflow: run t1 stopped: llm.budget_usd $4.00 reached") and "resume with a higher" in err
+    assert spent <= 4.0 and first > 0
+    manifest = json.loads((store / "t1/manifest.json").read_text())
+    assert manifest["stopped"] is None and manifest["datasets"]["dpo"] > 0
+    assert resumed and not resumed & answered  # the resume asked only what the stopped run had not had answered

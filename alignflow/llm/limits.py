@@ -4,10 +4,10 @@
   minute's budget at once and then its refill, nearly twice the limit in the first minute. A window counts what
   was sent in the last `period` seconds, so the limit holds in every window, the first included. Input and
   output tokens have windows of their own (Anthropic limits them apart).
-- The cap on requests in flight adapts (AIMD): cut by the share refused (30% to 70%) when more than 15% of the
-  last 32 answers were 429s,
-  grown by one per cap's worth of successes while almost none are, never above the configured cap. A lone 429
-  (a blip, or a provider shedding load at random) does not halve a run's speed; a server that is over its
+- The cap on requests in flight adapts (AIMD): when more than 30% of the last 64 answers are 429s, it is cut by
+  the share refused and held there 30 s; then it grows by one per cap's worth of successes (never above the
+  configured cap), and a probe above the held cap that meets more than a few 429s goes back to it. Random 429s
+  (a blip, a provider shedding load) are rarely that many, so they do not slow a run; a server over its
   capacity answers many, and is backed off within a round trip. A server that never answers 429 (a proxy,
   vLLM) but slows down under load is backed off too, when latency climbs far above the fastest seen.
 - Rate-limit headers (`x-ratelimit-remaining-*`, `anthropic-ratelimit-*-remaining`) that report a budget spent
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import statistics
 import time
 from collections import deque
 from contextlib import asynccontextmanager
@@ -29,11 +28,11 @@ from datetime import datetime, timezone
 # What is sent at t may reach the server a little later than what is sent at t + period: a small margin
 # keeps the limit true where it is measured, at the server.
 MARGIN_S = 0.25
-RECENT = 32  # answers the 429 share is judged over
+RECENT = 64  # answers the 429 share is judged over
 JUDGED_FROM = 8  # answers needed before the share means anything
-CUT_ABOVE = 0.15  # a 429 share above this cuts the cap
-GROW_BELOW = 0.03  # the cap grows only while the share is below this: no 429 among the last 32
-PROBE_S = 30.0  # after a cut, the cap stays under the load that was refused this long, then probes again
+OVERLOAD = 0.30  # more 429s than this share: the server is over its capacity (random ones are rarely this many)
+PROBE_FAILS = 0.15  # above the load refused before, this share of 429s ends a probe; below it the cap may grow
+PROBE_S = 30.0  # after a cut, the cap is held under the load refused this long, then probes again
 SLOW = 4.0  # latency this many times the fastest seen means the server is overloaded
 SLOW_SAMPLES = 20  # latencies seen before the fastest is trusted
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -96,8 +95,8 @@ class Limits:
         self._free: asyncio.Condition | None = None  # made on the loop that first uses it
         self._last_cut = 0.0
         self._recent: deque[bool] = deque(maxlen=RECENT)  # was each recent answer a 429
-        self._refused_at: list[int] = []  # requests in flight when each 429 since the last cut was sent
-        self._ceiling = (float("inf"), 0.0)  # (requests in flight the server refused, until when that holds)
+        self._settled = float(max_concurrency)  # the cap the last overload settled on; a probe above it can fail
+        self._hold_until = 0.0
         self._paused_until = 0.0
         self._fastest: float | None = None
         self._latencies = 0
@@ -147,23 +146,29 @@ class Limits:
     def _share(self) -> float | None:
         return sum(self._recent) / len(self._recent) if len(self._recent) >= JUDGED_FROM else None
 
+    def _held(self) -> bool:
+        """Whether the cap is held where the last cut put it (for PROBE_S)."""
+        return time.monotonic() < self._hold_until
+
     def throttled(self, sent_at: float, in_flight: int) -> None:
-        """A 429 to a request sent with `in_flight` requests in flight. Too many of late cut the cap, once per round
-        trip (429s to requests sent before the last cut say nothing new), by the share refused and to below the
-        load that was refused (the median load of the 429s): 16 sent, 12 refused from the 5th on, leaves 4."""
+        """A 429 to a request sent with `in_flight` requests in flight. Only 429s to requests sent since the last
+        cut say anything new. Many of them (over capacity) cut the cap by the share refused (16 sent, 12
+        refused: 4.8), and hold it there a while; a few, while probing above that, bring it back."""
         self.stats.throttled += 1
         self._recent.append(True)
-        self._refused_at.append(in_flight)
         share = self._share()
-        if share is not None and share > CUT_ABOVE and sent_at >= self._last_cut:
-            self._ceiling = (statistics.median_low(self._refused_at), time.monotonic() + PROBE_S)
-            self._cut(min(0.7, max(0.3, 1 - share)))
-            self._refused_at = []
-            self._recent.clear()
+        if share is None or sent_at < self._last_cut:
+            return
+        if share > OVERLOAD:
+            self._settled = self.cap * max(0.3, 1 - share)
+            self._cut(self._settled)
+        elif share > PROBE_FAILS and self.cap > self._settled:
+            self._cut(self._settled)
 
     def succeeded(self, latency_s: float, output_tokens: int = 0) -> None:
-        """One success: grow the cap by 1/cap (one per cap's worth), unless the server is slowing down. Latency is
-        compared per length of answer, so long answers are not mistaken for an overloaded server."""
+        """One success: grow the cap by 1/cap (one per cap's worth) while 429s are rare, never above what is set
+        nor, while held, to the load refused last; unless the server is slowing down. Latency is compared per
+        length of answer, so long answers are not mistaken for an overloaded server."""
         latency_s = latency_s / (1 + output_tokens / 100)
         self._recent.append(False)
         self._latencies += 1
@@ -171,19 +176,17 @@ class Limits:
         self._slow_ewma = latency_s if self._slow_ewma is None else 0.9 * self._slow_ewma + 0.1 * latency_s
         if self._latencies >= SLOW_SAMPLES and self._slow_ewma > SLOW * max(self._fastest, 0.01):
             if time.monotonic() - self._last_cut > max(self._slow_ewma, 1.0):
-                self._cut(0.8)
+                self._cut(self.cap * 0.8)
             return
         share = self._share()
-        if share is not None and share < GROW_BELOW:  # after a cut, only once enough answers came back clean
-            ceiling, until = self._ceiling
-            top = self.configured if time.monotonic() > until else min(self.configured, max(ceiling - 0.001, 1.0))
-            self.cap = min(float(top), max(self.cap, self.cap + 1 / max(self.cap, 1.0)))
+        if share is not None and share < PROBE_FAILS and not self._held():
+            self.cap = min(float(self.configured), self.cap + 1 / max(self.cap, 1.0))
 
-    def _cut(self, factor: float) -> None:
-        ceiling, until = self._ceiling
-        below = ceiling - 1 if time.monotonic() <= until else float("inf")
-        self.cap = max(1.0, min(self.cap * factor, below))
+    def _cut(self, cap: float) -> None:
+        self.cap = max(1.0, min(self.cap, cap))
         self._last_cut = time.monotonic()
+        self._hold_until = self._last_cut + PROBE_S
+        self._recent.clear()
         self.stats.cuts += 1
         self.stats.lowest_cap = min(self.stats.lowest_cap, int(self.cap))
 
