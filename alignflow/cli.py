@@ -15,8 +15,12 @@ COMMAND_GROUPS = ("dedup", "export", "quarantine", "constitution", "agreement")
 
 
 def _preflight(config: PipelineConfig) -> None:
-    """Catch what would fail minutes later: unreadable seeds, a missing or broken suite, a missing API key."""
+    """Catch what would fail minutes later: unreadable seeds, a missing or broken suite, a missing or refused API
+    key, an endpoint nobody answers, a store that cannot be written."""
+    from alignflow.store import Store
+
     load_seeds(config.seeds)
+    Store(config.store).check_writable()
     if config.gate.enabled:
         from alignflow.expectations import require_suites
 
@@ -87,24 +91,55 @@ EXIT_EMPTY = 3  # the run finished, but a dataset it was asked for has no rows
 EXIT_STOPPED = 4  # the run stopped before its end (its budget): the same command with the same run id resumes it
 
 
+def _resumable(config: PipelineConfig, run_id: str, allowed: list[str] | None) -> None:
+    """A run id being written by another process, or resumed with a config that would redo stages not allowed,
+    stops here, before Prefect starts (the flow checks the same again, for runs started elsewhere)."""
+    from alignflow import stages
+    from alignflow.constitution import load_constitution
+    from alignflow.lease import Lease
+    from alignflow.run import Run
+
+    run = Run(config, run_id)
+    Lease(run.store, run_id).check()
+    if run.stage_record("seeds") is None:
+        return  # a new run
+    options = {"revisions": {"constitution": load_constitution(config.constitution.file)}} \
+        if config.constitution.enabled else {}
+    names = ["seeds", "instructions", "responses", *(["revisions"] if options else []), "judgments", "pairs"]
+    redo, keys = stages.changed_stages(run, [stages.step(run, s, **options.get(s, {})) for s in names])
+    if [stage for stage in redo if stage not in (allowed or [])]:
+        raise stages.ConfigChanged(stages.refusal(run_id, redo, keys))
+
+
 def cmd_run(args) -> int:
     from alignflow.expectations import SuiteError
+    from alignflow.lease import LeaseHeld
+    from alignflow.run import RunIdError, check_run_id, new_run_id
+    from alignflow.stages import ConfigChanged
+    from alignflow.store import StoreError
 
+    allowed = [s.strip() for s in args.allow_config_change.split(",")] if args.allow_config_change else None
     try:
+        run_id = check_run_id(args.run_id) if args.run_id else new_run_id()
         config = load_config(args.config, args.set)
         _preflight(config)
-    except (ConfigError, SeedError, ConstitutionError, SuiteError) as exc:
+        if args.run_id:
+            _resumable(config, run_id, allowed)
+    except (ConfigError, SeedError, ConstitutionError, SuiteError, LeaseHeld, ConfigChanged, RunIdError,
+            StoreError) as exc:
         return _fail(str(exc))
     from rich.console import Console
 
     from alignflow import launch, progress
-    from alignflow.run import new_run_id
 
-    run_id = args.run_id or new_run_id()
     with RichProgress(Console(stderr=True)) as sink:
         progress.set_sink(sink)
         try:
-            manifest = launch.launcher().pipeline(config, run_id)
+            manifest = launch.launcher().pipeline(config, run_id, allowed)
+        except (LeaseHeld, ConfigChanged) as exc:  # found before anything was written
+            return _fail(str(exc))
+        except KeyboardInterrupt:
+            return _fail(f"run {run_id} interrupted; the same command with `--run-id {run_id}` resumes it", 130)
         except Exception as exc:  # the flow run's own error, already logged by Prefect
             return _fail(f"run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
         finally:
@@ -153,13 +188,19 @@ def _print_summary(manifest: dict) -> None:
 
 
 def cmd_inspect(args) -> int:
-    from alignflow.store import Store
+    """A finished run's manifest; for one still going (or killed), the same counted from its checkpoints."""
+    from alignflow import manifest
+    from alignflow.store import RunDirError, open_run_dir
 
     try:
-        manifest = Store(args.run_dir).read_json("manifest.json")
-    except FileNotFoundError:
-        return _fail(f"no manifest.json in {args.run_dir}: not a run directory")
-    _print_summary(manifest)
+        store, run_id = open_run_dir(args.run_dir)
+    except RunDirError as exc:
+        return _fail(str(exc))
+    if store.exists(f"{run_id}/manifest.json"):
+        _print_summary(store.read_json(f"{run_id}/manifest.json"))
+    else:
+        _print_summary(manifest.build(store, run_id))
+        print(f"(no manifest.json yet: counted from the batches {run_id} has finished)")
     return 0
 
 
@@ -179,13 +220,23 @@ def cmd_expectations_check(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line, like every other user error (argparse prints the usage block first)."""
+
+    def error(self, message: str):
+        where = self.prog.removeprefix("alignflow").strip()
+        self.exit(2, f"alignflow: {where + ': ' if where else ''}{message}\n")
+
+
 def parser(extra=()) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alignflow", description="Synthetic SFT and preference data as Prefect flows.")
+    p = _Parser(prog="alignflow", description="Synthetic SFT and preference data as Prefect flows.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline on a config")
     run.add_argument("config")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
     run.add_argument("--run-id", help="name the run; an existing run's id resumes it from its store")
+    run.add_argument("--allow-config-change", metavar="STAGES",
+                     help="stages (comma-separated) a resume with a changed config may make again")
     run.set_defaults(func=cmd_run)
     inspect = sub.add_parser("inspect", help="show a run's manifest as a table")
     inspect.add_argument("run_dir")
@@ -207,7 +258,7 @@ def main(argv: list[str] | None = None, extra=()) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted; run the same command again (with the same --run-id) to resume", 130)
 
 
 if __name__ == "__main__":

@@ -25,51 +25,54 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+URL = r"^https?://[^\s/$.?#][^\s]*$"
+
+
 class LLMOverride(Strict):
     """Any subset of the LLM settings; a stage's `llm` overrides the top-level one key by key."""
 
     provider: Provider | None = None
     model: str | None = None
-    base_url: str | None = None
+    base_url: str | None = Field(None, pattern=URL)
     api_key_env: str | None = None
-    max_concurrency: int | None = Field(None, ge=1)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
-    input_tpm: int | None = Field(None, ge=1)
-    output_tpm: int | None = Field(None, ge=1)
+    max_concurrency: int | None = Field(None, ge=1, le=1024)
+    rpm: int | None = Field(None, ge=1, le=10_000_000)
+    tpm: int | None = Field(None, ge=1, le=10_000_000_000)
+    input_tpm: int | None = Field(None, ge=1, le=10_000_000_000)
+    output_tpm: int | None = Field(None, ge=1, le=10_000_000_000)
     limit_name: str | None = None
     mode: Literal["live", "batch"] | None = None
-    batch_poll_s: float | None = Field(None, gt=0)
-    timeout_s: float | None = Field(None, gt=0)
-    max_retries: int | None = Field(None, ge=0)
+    batch_poll_s: float | None = Field(None, gt=0, le=3600)
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+    max_retries: int | None = Field(None, ge=0, le=20)
     temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
-    structured_retries: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    structured_retries: int | None = Field(None, ge=0, le=10)
 
 
 class LLMConfig(Strict):
     provider: Provider = "local"
     model: str | None = None
-    base_url: str | None = None
+    base_url: str | None = Field(None, pattern=URL, description="an OpenAI- or Anthropic-compatible endpoint, http(s)://")
     api_key_env: str | None = None
-    max_concurrency: int = Field(8, ge=1)
-    rpm: int | None = Field(None, ge=1, description="requests per minute to the endpoint, in every 60-second window")
-    tpm: int | None = Field(None, ge=1, description="tokens (in + out) per minute")
-    input_tpm: int | None = Field(None, ge=1, description="input tokens per minute (Anthropic limits them apart)")
-    output_tpm: int | None = Field(None, ge=1, description="output tokens per minute")
+    max_concurrency: int = Field(8, ge=1, le=1024)
+    rpm: int | None = Field(None, ge=1, le=10_000_000, description="requests per minute to the endpoint, in every 60-second window")
+    tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="tokens (in + out) per minute")
+    input_tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="input tokens per minute (Anthropic limits them apart)")
+    output_tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="output tokens per minute")
     limit_name: str | None = Field(None, description="a Prefect global concurrency limit every request holds a slot "
                                                      "of, shared by every run on a Prefect server; `auto`: a name "
                                                      "derived from the endpoint")
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(120.0, gt=0, le=3600)
+    max_retries: int = Field(6, ge=0, le=20)
     temperature: float = Field(0.7, ge=0, le=2)
-    max_tokens: int = Field(512, ge=1)
-    structured_retries: int = Field(2, ge=0)
+    max_tokens: int = Field(512, ge=1, le=1_000_000)
+    structured_retries: int = Field(2, ge=0, le=10)
     mode: Literal["live", "batch"] = Field("live", description="batch: through the provider's Batch API, at its "
                                                               "discount, answers within hours")
-    budget_usd: float | None = Field(None, gt=0, description="the run stops, resumably, before it would spend more "
+    budget_usd: float | None = Field(None, gt=0, le=1_000_000, description="the run stops, resumably, before it would spend more "
                                                             "(priced by `prices`)")
-    batch_poll_s: float = Field(30.0, gt=0, description="how often a provider batch is polled (mode: batch)")
+    batch_poll_s: float = Field(30.0, gt=0, le=3600, description="how often a provider batch is polled (mode: batch)")
 
     @property
     def model_name(self) -> str:
@@ -108,16 +111,22 @@ class DedupConfig(Strict):
     method: DedupMethod | None = "rouge"
     threshold: float | None = Field(None, gt=0, le=1, description="default per method: rouge 0.7, minhash 0.8, semantic 0.9")
     shingle: Literal["word", "char"] = "word"
-    shingle_size: int = Field(3, ge=1)
-    permutations: int = Field(128, ge=8)
-    bands: int = Field(32, ge=1)
+    shingle_size: int = Field(3, ge=1, le=32)
+    permutations: int = Field(128, ge=8, le=4096)
+    bands: int = Field(32, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _bands_split_the_permutations(self) -> "DedupConfig":
+        if self.permutations % self.bands:
+            raise ValueError(f"bands ({self.bands}) must divide permutations ({self.permutations})")
+        return self
 
 
 class EvolConfig(Strict):
     """Evol-Instruct: rewrite accepted instructions into harder (in-depth) or new same-domain (breadth) ones."""
 
     enabled: bool = False
-    per_round: int = Field(4, ge=1, description="accepted instructions evolved per round")
+    per_round: int = Field(4, ge=1, le=10_000, description="accepted instructions evolved per round")
     evolutions: list[Evolution] = Field(default_factory=lambda: ["deepen", "concretize", "constrain", "reasoning", "breadth"],
                                         min_length=1)
 
@@ -126,20 +135,28 @@ class DatasetTarget(Strict):
     """Run until this many rows of a final dataset have passed every gate."""
 
     dataset: Literal["instructions", "dpo", "sft"]
-    rows: int = Field(ge=1)
+    rows: int = Field(ge=1, le=10_000_000)
 
 
 class InstructionsConfig(Strict):
-    target: Annotated[int, Field(ge=1)] | DatasetTarget = Field(
+    target: Annotated[int, Field(ge=1, le=10_000_000)] | DatasetTarget = Field(
         20, description="kept instructions to make, or {dataset: dpo, rows: N}: rows of a final dataset")
-    max_tokens: int | None = Field(None, ge=1, description="a budget: no new round once the run has used this many "
+    max_tokens: int | None = Field(None, ge=1, le=10**13, description="a budget: no new round once the run has used this many "
                                                            "tokens (all stages)")
-    per_prompt: int = Field(4, ge=1, description="new tasks asked for in one prompt")
-    prompts_per_round: int | None = Field(None, ge=1, description="prompts per round; default: the stage's "
+    per_prompt: int = Field(4, ge=1, le=20, description="new tasks asked for in one prompt")
+    prompts_per_round: int | None = Field(None, ge=1, le=10_000, description="prompts per round; default: the stage's "
                                                                  "max_concurrency, so a round fills it")
-    shown: int = Field(8, ge=1, description="in-context tasks shown per prompt")
-    shown_machine: int = Field(2, ge=0, description="of those, taken from the machine pool once it has them")
-    max_rounds: int = Field(10, ge=1)
+    shown: int = Field(8, ge=1, le=64, description="in-context tasks shown per prompt")
+    shown_machine: int = Field(2, ge=0, le=64, description="of those, taken from the machine pool once it has them")
+    max_rounds: int = Field(10, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "InstructionsConfig":
+        if self.shown_machine > self.shown:
+            raise ValueError(f"shown_machine ({self.shown_machine}) cannot be more than shown ({self.shown})")
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) cannot be more than max_words ({self.max_words})")
+        return self
 
     @property
     def target_rows(self) -> int:
@@ -148,8 +165,8 @@ class InstructionsConfig(Strict):
     @property
     def target_dataset(self) -> str:
         return "instructions" if isinstance(self.target, int) else self.target.dataset
-    min_words: int = Field(4, ge=1)
-    max_words: int = Field(150, ge=1)
+    min_words: int = Field(4, ge=1, le=10_000)
+    max_words: int = Field(150, ge=1, le=10_000)
     blacklist: list[str] = Field(default_factory=lambda: ["image", "images", "graph", "graphs", "picture", "pictures",
                                                           "file", "files", "map", "maps", "draw", "plot", "go to"])
     dedup: DedupConfig = Field(default_factory=DedupConfig)
@@ -158,8 +175,8 @@ class InstructionsConfig(Strict):
 
 
 class ResponsesConfig(Strict):
-    per_instruction: int = Field(2, ge=1, description="samples per instruction from each model")
-    batch_size: int = Field(64, ge=1, description="instructions per batch; a batch goes on through judging and "
+    per_instruction: int = Field(2, ge=1, le=64, description="samples per instruction from each model")
+    batch_size: int = Field(64, ge=1, le=100_000, description="instructions per batch; a batch goes on through judging and "
                                                   "pairs as soon as it passes its gate")
     models: list[LLMOverride] = Field(default_factory=list, description="generator models; empty: the stage's llm")
     principles: list[Literal["helpfulness", "honesty", "truthfulness"]] = Field(
@@ -177,7 +194,7 @@ class JudgeConfig(Strict):
 
 class PairsConfig(Strict):
     strategy: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = "best_vs_random"
-    min_margin: float = Field(0.5, ge=0)
+    min_margin: float = Field(0.5, ge=0, le=4)
     format: Literal["string", "messages"] = "string"
 
 
@@ -202,8 +219,8 @@ class ConstitutionConfig(Strict):
 
     enabled: bool = False
     file: str = "data/constitution.yaml"
-    rounds: int = Field(2, ge=1)
-    batch_size: int = Field(16, ge=1)
+    rounds: int = Field(2, ge=1, le=16)
+    batch_size: int = Field(16, ge=1, le=100_000)
     confirm_with_judge: bool = Field(False, description="keep a revision pair only if the judge prefers the revision")
     llm: LLMOverride | None = None
 
@@ -278,6 +295,8 @@ def _describe(err: ValidationError) -> str:
     where = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"
+    if first["type"] == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == URL:
+        return f"{where}: {first['input']!r} is not an http:// or https:// URL"
     msg = first["msg"].removeprefix("Value error, ")
     return f"{where}: {msg}" if loc else msg
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignflow.gate import DECISIONS, QUARANTINE, GateResult, read_decisions, report_key
-from alignflow.store import Store, batch_key
+from alignflow.store import RunDirError, Store, batch_key, open_run_dir
 
 PAST = {"release": "released", "drop": "dropped"}
 _BATCH = re.compile(r"^(?P<stage>[a-z_]+)/(?:batch-)?(?P<number>\d+)$")
@@ -63,15 +63,10 @@ class Entry:
 
 def open_run(run_dir: str) -> tuple[Store, str]:
     """The store holding a run directory (local path or s3:// URL), and the run's id."""
-    url = run_dir.rstrip("/")
-    parent, _, run_id = url.rpartition("/") if url.startswith("s3://") else (str(Path(url).parent), "", Path(url).name)
-    if not run_id or parent in ("s3:", "s3:/"):
-        raise QuarantineError(f"not a run directory: {run_dir}")
-    store = Store(parent)
-    keys = store.list(f"{run_id}/")
-    if not any(k == f"{run_id}/manifest.json" or k.endswith("/stage.json") for k in keys):
-        raise QuarantineError(f"not a run directory (no manifest.json, no stage written): {run_dir}")
-    return store, run_id
+    try:
+        return open_run_dir(run_dir)
+    except RunDirError as exc:
+        raise QuarantineError(str(exc)) from None
 
 
 def parse_batch(name: str) -> tuple[str, int]:

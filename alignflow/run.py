@@ -30,6 +30,20 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RunIdError(ValueError):
+    """A run id that is not a plain name (it would write outside the store)."""
+
+
+def check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id) or ".." in run_id:
+        raise RunIdError(f"run id {run_id!r} is not a plain name: letters, digits, '.', '_' and '-', at most 128, "
+                         "no '/' or '..'")
+    return run_id
+
+
 _ledgers: dict[str, Ledger] = {}
 _ledgers_lock = threading.Lock()
 _BATCH_FILE = re.compile(r"^batch-(\d+)\.(parquet|json)$")
@@ -39,6 +53,9 @@ _BATCH_FILE = re.compile(r"^batch-(\d+)\.(parquet|json)$")
 class Run:
     config: PipelineConfig
     run_id: str
+
+    def __post_init__(self) -> None:
+        check_run_id(self.run_id)
 
     def __reduce__(self):  # a Run travels to other workers as its config and id; clients are made again there
         return Run, (self.config, self.run_id)

@@ -10,6 +10,9 @@ from alignflow.records import content_hash, frame, stable_id
 from alignflow.step import Answer, Batch, BatchRef, Outcomes, Step
 
 
+MAX_CHARS = 16_000  # a seed is shown in every Self-Instruct prompt: the longest public seed is 6,114; far longer is a mistake
+
+
 class SeedError(ValueError):
     """The seeds file cannot be read: a user error, printed as one line."""
 
@@ -17,7 +20,8 @@ class SeedError(ValueError):
 def load_seeds(path: str | Path) -> pl.DataFrame:
     path = Path(path)
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        # utf-8-sig: a byte-order mark (editors on Windows write one) is not part of the first line
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     except (OSError, UnicodeDecodeError) as exc:
         raise SeedError(f"cannot read seeds file {path}: {exc}") from None
     rows = []
@@ -25,6 +29,9 @@ def load_seeds(path: str | Path) -> pl.DataFrame:
         if not line:
             continue
         text = _instruction(line, path, number)
+        if len(text) > MAX_CHARS:
+            raise SeedError(f"{path}:{number}: the task is {len(text):,} characters; a seed task is at most "
+                            f"{MAX_CHARS:,} (each is shown in every Self-Instruct prompt)")
         if text:
             rows.append({"id": stable_id("seed", text), "instruction": text, "source": "seed", "parent_ids": [], "round": 0})
     if not rows:
@@ -39,11 +46,16 @@ def _instruction(line: str, path: Path, number: int) -> str:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise SeedError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-    if not isinstance(record.get("instruction"), str):
+    if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
         raise SeedError(f"{path}:{number}: no `instruction` string")
     text = record["instruction"].strip()
     instances = record.get("instances") or []
-    first_input = instances[0].get("input", "").strip() if instances and isinstance(instances[0], dict) else ""
+    if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+        raise SeedError(f"{path}:{number}: `instances` must be a list of {{input, output}} objects")
+    first_input = instances[0].get("input", "") if instances else ""
+    if not isinstance(first_input, str):
+        raise SeedError(f"{path}:{number}: `instances[0].input` must be a string")
+    first_input = first_input.strip()
     return f"{text}\n{first_input}" if first_input else text
 
 

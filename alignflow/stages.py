@@ -24,9 +24,31 @@ def step(run: Run, stage: str, **options: Any) -> Step:
     return STEPS[stage](run, **options)
 
 
+class ConfigChanged(Exception):
+    """A run resumed with settings that would make stages again, which the user did not say to redo."""
+
+
+def check_config(run: Run, steps: list[Step], allowed: list[str] | None) -> tuple[list[str], list[str]]:
+    """Compare each stage's definition with the one the run was made with. A stage that would be made again (and
+    every stage after it) must be named in `allowed`, else ConfigChanged says which keys differ and what to pass.
+    Records the definitions when the run goes on; returns the stages it redoes and the keys that differ."""
+    redo, keys = changed_stages(run, steps)
+    if [stage for stage in redo if stage not in (allowed or [])]:
+        raise ConfigChanged(refusal(run.run_id, redo, keys))
+    for step in steps:
+        run.write_stage_record(step.stage, {"stage": step.stage, "definition": step.definition(),
+                                            "description": step.description()})
+    return redo, keys
+
+
+def refusal(run_id: str, redo: list[str], keys: list[str]) -> str:
+    return (f"run {run_id} was made with another config ({', '.join(keys)}): that would make {', '.join(redo)} "
+            f"again; to do so, pass --allow-config-change {','.join(redo)}")
+
+
 def changed_stages(run: Run, steps: list[Step]) -> tuple[list[str], list[str]]:
     """The stages of `steps` whose definition differs from the one the run was made with (and those after them),
-    and the settings that differ; each stage's definition is recorded for the next resume."""
+    and the settings that differ."""
     redo: list[str] = []
     keys: list[str] = []
     for step in steps:
@@ -41,5 +63,4 @@ def changed_stages(run: Run, steps: list[Step]) -> tuple[list[str], list[str]]:
                      if now[what] != before.get(what)]
         elif any(up in redo for up in UPSTREAM.get(step.stage, ())):
             redo.append(step.stage)
-        run.write_stage_record(step.stage, {"stage": step.stage, "definition": step.definition(), "description": now})
     return redo, list(dict.fromkeys(keys))

@@ -6,11 +6,14 @@ on S3 the object is sent in a single PUT. A missing key raises FileNotFoundError
 """
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -20,6 +23,14 @@ import polars as pl
 OUTCOMES = ("kept", "rejected", "failed", "quarantine")
 
 Writer = Callable[[IO[bytes]], None]
+
+
+class Conflict(Exception):
+    """A conditional write lost: what is stored is not what the writer last saw."""
+
+
+class StoreError(Exception):
+    """A store that cannot be written: one line saying why."""
 
 
 def batch_key(run_id: str, stage: str, outcome: str, n: int) -> str:
@@ -76,6 +87,26 @@ class _Local:
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink(missing_ok=True)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        path = self.root / key
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> str:
+        """Under an exclusive lock on a file beside it: compare what is there, then write."""
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.parent / f".{path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.read_versioned(key)
+            if (found[1] if found else None) != version:
+                raise Conflict(f"{self.join(key)} changed")
+            self.write(key, lambda f: f.write(data))
+        return hashlib.sha256(data).hexdigest()
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -152,6 +183,26 @@ class _S3:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            found = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return found["Body"].read(), found["ETag"]
+
+    def put_if(self, key: str, data: bytes, version: str | None) -> str:
+        """A conditional PUT: If-None-Match: * when there should be nothing, If-Match: ETag otherwise."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=data, **condition)["ETag"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict",
+                                                              "NoSuchKey", "412", "409"):
+                raise Conflict(f"{self.join(key)} changed") from None
+            raise
 
     @staticmethod
     def storage_options() -> dict[str, str]:
@@ -265,6 +316,59 @@ class Store:
         """Delete one file; nothing happens when it is not there."""
         self._backend.delete(key)
 
+    def check_writable(self) -> None:
+        """A probe object written and deleted, so a store that cannot take a run says so before a run starts."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if not self.url.startswith("s3://") and Path(self.url).exists() and not Path(self.url).is_dir():
+            raise StoreError(f"the store {self.url} is a file, not a directory")
+        key = f".alignflow-probe-{uuid.uuid4().hex}"
+        try:
+            self._backend.write(key, lambda f: f.write(b"probe"))
+            self._backend.delete(key)
+        except (OSError, BotoCoreError, ClientError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+            raise StoreError(f"cannot write to the store {self.url}: {reason}") from None
+
+    def read_json_versioned(self, key: str) -> tuple[Any, str] | None:
+        """The JSON at `key` and its version (an ETag on S3), or None when there is none."""
+        found = self._backend.read_versioned(key)
+        return (json.loads(found[0]), found[1]) if found else None
+
+    def write_json_if(self, key: str, obj: Any, version: str | None) -> str:
+        """Write only if `key` is still at `version` (None: only if there is nothing): the one writer of several
+        that wins. Returns the new version; raises Conflict when another writer got there first."""
+        data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+        return self._backend.put_if(key, data, version)
+
     def delete_prefix(self, key_prefix: str) -> None:
         """Delete every file under ``key_prefix``."""
         self._backend.delete_prefix(_dir_prefix(key_prefix))
+
+
+class RunDirError(ValueError):
+    """A RUN_DIR argument that names no run: one line saying why."""
+
+
+RUN_MARKS = ("manifest.json", "lease.json", *(f"{stage}/stage.json" for stage in
+                                              ("seeds", "instructions", "responses", "revisions", "judgments", "pairs",
+                                               "cai_labels")))
+
+
+def open_run_dir(run_dir: str) -> tuple[Store, str]:
+    """The store holding a run directory (`<store>/<run_id>`, a local path or an s3:// URL), and the run id. A run
+    is a directory with a manifest, a lease, or a stage written, finished or not."""
+    url = run_dir.rstrip("/")
+    if url.startswith("s3://"):
+        parent, _, run_id = url.rpartition("/")
+        if parent in ("s3:", "s3:/"):
+            raise RunDirError(f"not a run directory: {run_dir} is a bucket; give s3://bucket/<store>/<run_id>")
+    else:
+        path = Path(url)
+        if not path.is_dir():
+            raise RunDirError(f"no such run directory: {run_dir}")
+        parent, run_id = str(path.resolve().parent), path.resolve().name
+    store = Store(parent)
+    if not any(store.exists(f"{run_id}/{mark}") for mark in RUN_MARKS):
+        raise RunDirError(f"not a run directory (no manifest.json, no stage written): {run_dir}")
+    return store, run_id

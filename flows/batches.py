@@ -2,11 +2,60 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound, TerminationSignal
+from prefect.runtime import flow_run
+from prefect.states import Cancelled, Crashed
+
+from alignflow.lease import Lease
 from alignflow.run import Run
 from alignflow.step import BatchRef
 from tasks.stages import BATCH
+
+
+@contextmanager
+def writing(run: Run) -> Iterator[Lease]:
+    """The run's lease, held while the flow runs: a second writer of the same run id stops with LeaseHeld. A flow
+    run that held it and died (killed) is marked Crashed; one stopped by SIGINT or SIGTERM is noted for
+    `mark_interrupted`."""
+    lease = Lease(run.store, run.run_id, flow_run.id)
+    if taken_over := lease.acquire():
+        get_run_logger().warning(taken_over)
+        if lease.previous and lease.previous.flow_run and lease.previous.flow_run != flow_run.id:
+            _mark(lease.previous.flow_run, Crashed(message=f"its process died; run {run.run_id} was taken over"),
+                  only_if_running=True)
+    try:
+        yield lease
+    except (KeyboardInterrupt, TerminationSignal):
+        INTERRUPTED[flow_run.id] = run.run_id
+        raise
+    finally:
+        lease.release()
+
+
+INTERRUPTED: dict[str, str] = {}  # flow run id -> run id, of flow runs stopped by SIGINT or SIGTERM
+
+
+def mark_interrupted() -> None:
+    """Prefect marks a flow run stopped by a signal Crashed; a signal is a request to stop, so mark it Cancelled."""
+    while INTERRUPTED:
+        flow_run_id, run_id = INTERRUPTED.popitem()
+        _mark(flow_run_id, Cancelled(message=f"stopped by a signal; `--run-id {run_id}` resumes it"))
+
+
+def _mark(flow_run_id: str, state, only_if_running: bool = False) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            if only_if_running and not client.read_flow_run(flow_run_id).state.is_running():
+                return
+            client.set_flow_run_state(flow_run_id, state, force=True)
+        except ObjectNotFound:  # a flow run of another Prefect server (the temporary one of a killed process)
+            pass
 
 
 def run_stage(run: Run, stage: str, refs: list[BatchRef], options: dict[str, Any] | None = None) -> dict[str, int]:

@@ -1,7 +1,9 @@
 """The `alignflow` command: the domain's command line, with the Prefect flows registered to start its runs."""
 from __future__ import annotations
 
+import importlib
 import os
+import signal
 import sys
 
 from alignflow import cli, launch
@@ -11,21 +13,60 @@ from alignflow.config import LLMOverride, PipelineConfig
 class PrefectLauncher:
     """Runs start as Prefect flow runs: on the server PREFECT_API_URL names, else on a temporary local one."""
 
-    def pipeline(self, config: PipelineConfig, run_id: str) -> dict:
-        from flows.pipeline import pipeline
-
-        return pipeline(config, run_id)
+    def pipeline(self, config: PipelineConfig, run_id: str, allow_config_change: list[str] | None) -> dict:
+        return _start("flows.pipeline", "pipeline", config, run_id, allow_config_change)
 
     def constitution(self, config: PipelineConfig, run_id: str, prompts: str | None,
                      initial: LLMOverride | None) -> dict:
-        from flows.constitution import constitution_flow
-
-        return constitution_flow(config, run_id, prompts=prompts, initial_llm=initial)
+        return _start("flows.constitution", "constitution_flow", config, run_id, prompts=prompts, initial_llm=initial)
 
     def cai_labels(self, config: PipelineConfig, run_id: str, pairs: str | None) -> dict:
-        from flows.constitution import cai_labels_flow
+        return _start("flows.constitution", "cai_labels_flow", config, run_id, pairs=pairs)
 
-        return cai_labels_flow(config, run_id, pairs=pairs)
+
+def _start(module: str, name: str, *args, **kwargs) -> dict:
+    """Calls a flow on a Prefect server; a flow run stopped by SIGINT or SIGTERM ends Cancelled, not Crashed."""
+    _serve()
+    from prefect.exceptions import TerminationSignal
+
+    from flows.batches import mark_interrupted
+
+    flow = getattr(importlib.import_module(module), name)
+    try:
+        return flow(*args, **kwargs)
+    except (KeyboardInterrupt, TerminationSignal):
+        mark_interrupted()
+        raise KeyboardInterrupt from None
+
+
+def _serve() -> None:
+    """Without PREFECT_API_URL, the temporary Prefect server Prefect would start, but one that dies with this
+    process: the kernel sends it SIGTERM when its parent goes, even by kill -9, so none is left behind."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import ctypes
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # before Prefect reads its settings
+    from prefect.server.api.server import SubprocessASGIServer
+
+    def die_with_parent() -> None:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux); elsewhere: Prefect's atexit only
+
+    class TemporaryServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            real = subprocess.Popen
+            subprocess.Popen = lambda *a, **kw: real(*a, preexec_fn=die_with_parent, **kw)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = real
+
+    TemporaryServer(port=port).start()
 
 
 def register_limits(sub) -> None:
@@ -63,7 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
     os.environ.setdefault("TQDM_DISABLE", "1")  # library bars would garble ours
     launch.register(PrefectLauncher())
+    signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the flow run is marked Cancelled
     return cli.main(argv, extra=[register_limits])
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

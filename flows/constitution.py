@@ -7,7 +7,7 @@ from alignflow import cai_labels, revisions
 from alignflow.config import LLMOverride, PipelineConfig
 from alignflow.constitution import load_constitution
 from alignflow.run import Run
-from flows.batches import run_stage
+from flows.batches import run_stage, writing
 from tasks.constitution import write_cai_datasets, write_cai_labels
 from tasks.stages import start_run, write_manifest
 
@@ -23,10 +23,11 @@ def constitution_flow(config: PipelineConfig, run_id: str, prompts: str | None =
     run = Run(config, run_id)
     options = {"constitution": load_constitution(config.constitution.file), "initial": initial_llm, "prompts": prompts}
     options["constitution"].check_rounds(config.constitution.rounds)
-    start_run(run, ["revisions"], {"revisions": options})
-    rows = run_stage(run, "revisions", revisions.Revisions(run, **options).refs(), options)
-    datasets = write_cai_datasets(run)
-    write_manifest(run)
+    with writing(run):
+        start_run(run, ["revisions"], {"revisions": options}, ["revisions"])
+        rows = run_stage(run, "revisions", revisions.Revisions(run, **options).refs(), options)
+        datasets = write_cai_datasets(run)
+        write_manifest(run)
     get_run_logger().info("revisions: %s; datasets: %s", rows, datasets)
     return {"rows": rows, "datasets": datasets}
 
@@ -39,10 +40,11 @@ def cai_labels_flow(config: PipelineConfig, run_id: str, pairs: str | None = Non
     """
     run = Run(config, run_id)
     options = {"constitution": load_constitution(config.constitution.file), "pairs": pairs}
-    start_run(run, ["cai_labels"], {"cai_labels": options})
-    rows = run_stage(run, "cai_labels", cai_labels.CaiLabels(run, **options).refs(), options)
-    labelled = write_cai_labels(run)
-    write_manifest(run)
+    with writing(run):
+        start_run(run, ["cai_labels"], {"cai_labels": options}, ["cai_labels"])
+        rows = run_stage(run, "cai_labels", cai_labels.CaiLabels(run, **options).refs(), options)
+        labelled = write_cai_labels(run)
+        write_manifest(run)
     ties = int(run.read(cai_labels.STAGE)["tie"].sum())
     get_run_logger().info("labels: %s, %d ties", rows, ties)
     return {"rows": rows, "ties": ties, "datasets": {"cai_labels": labelled}}

@@ -10,6 +10,7 @@ from alignflow.config import PipelineConfig
 from alignflow.run import Run
 from alignflow.step import BatchRef
 from alignflow.target import Target
+from flows.batches import writing
 from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run
 
 
@@ -49,13 +50,18 @@ class Rounds:
 
 
 @flow(name="instructions")
-def instructions_flow(config: PipelineConfig, run_id: str) -> int:
+def instructions_flow(config: PipelineConfig, run_id: str, allow_config_change: list[str] | None = None) -> int:
     """Rounds until `instructions.target` instructions are kept; returns how many are."""
     run = Run(config, run_id)
     target = Target.of(config)
     if target.dataset != "instructions":
         raise ValueError(f"instructions.target names the {target.dataset} dataset: run the pipeline to make it")
-    start_run(run, ["seeds", "instructions"], {})
+    with writing(run):
+        start_run(run, ["seeds", "instructions"], {}, allow_config_change)
+        return _rounds(run, target)
+
+
+def _rounds(run: Run, target: Target) -> int:
     rounds = Rounds(run, target, enough=lambda: rounds.kept >= target.rows, tokens=lambda: rounds.spent_tokens)
     logger = get_run_logger()
     for record in rounds:

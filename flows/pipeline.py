@@ -24,6 +24,7 @@ from alignflow.run import Run, new_run_id
 from alignflow.responses import Plan
 from alignflow.step import BatchRef
 from alignflow.target import COUNTED_BY, Target
+from flows.batches import writing
 from flows.instructions import Rounds
 from tasks.constitution import write_cai_datasets
 from tasks.gate import final_state, publish_traffic
@@ -100,13 +101,20 @@ def enough(target: Target, rounds: Rounds, chains: Chains) -> bool:
 
 
 @flow(name="pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
-def pipeline(config: PipelineConfig, run_id: str | None = None) -> dict:
-    """Every stage on one run id; returns the manifest. The same run id resumes from the batches in the store."""
+def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_change: list[str] | None = None) -> dict:
+    """Every stage on one run id; returns the manifest. The same run id resumes from the batches in the store;
+    `allow_config_change` names the stages a changed config may make again."""
     run = Run(config, run_id or new_run_id())
+    with writing(run):
+        return _pipeline(run, allow_config_change)
+
+
+def _pipeline(run: Run, allow_config_change: list[str] | None):
+    config = run.config
     options = {"revisions": {"constitution": load_constitution(config.constitution.file)}} \
         if config.constitution.enabled else {}
     stages = ["seeds", "instructions", "responses", *(["revisions"] if options else []), "judgments", "pairs"]
-    start_run(run, stages, options)
+    start_run(run, stages, options, allow_config_change)
 
     target = Target.of(config)
     chains = Chains(run, options)

@@ -6,7 +6,7 @@ from prefect import flow
 from alignflow.config import PipelineConfig
 from alignflow.run import Run
 from alignflow.step import BatchRef
-from flows.batches import run_stage
+from flows.batches import run_stage, writing
 
 
 def _following(run: Run, stage: str) -> list[BatchRef]:
@@ -17,11 +17,13 @@ def _following(run: Run, stage: str) -> list[BatchRef]:
 def judge_flow(config: PipelineConfig, run_id: str) -> int:
     """Judge every kept response of the run; returns how many judgments are kept."""
     run = Run(config, run_id)
-    return run_stage(run, "judgments", _following(run, "responses"))["kept"]
+    with writing(run):
+        return run_stage(run, "judgments", _following(run, "responses"))["kept"]
 
 
 @flow(name="pairs")
 def pairs_flow(config: PipelineConfig, run_id: str) -> dict[str, int]:
     """Pairs from every batch of judgments; returns rows per outcome."""
     run = Run(config, run_id)
-    return run_stage(run, "pairs", _following(run, "judgments"))
+    with writing(run):
+        return run_stage(run, "pairs", _following(run, "judgments"))

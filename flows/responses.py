@@ -6,11 +6,12 @@ from prefect import flow
 from alignflow.config import PipelineConfig
 from alignflow.responses import Responses
 from alignflow.run import Run
-from flows.batches import run_stage
+from flows.batches import run_stage, writing
 
 
 @flow(name="responses")
 def responses_flow(config: PipelineConfig, run_id: str) -> int:
     """Responses for every kept instruction of the run; returns how many responses are kept."""
     run = Run(config, run_id)
-    return run_stage(run, "responses", Responses(run).refs())["kept"]
+    with writing(run):
+        return run_stage(run, "responses", Responses(run).refs())["kept"]

@@ -49,7 +49,8 @@ BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stag
 
 
 @task(name="start-run", cache_policy=NO_CACHE)
-def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]]) -> list[str]:
+def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]],
+              allow_config_change: list[str] | None = None) -> list[str]:
     """Check the shared limits exist; say, before anything is made, which stages a changed config makes again;
     then make the seeds batch."""
     check_endpoints(run.config.llms())  # a refused key or an endpoint nobody answers, before anything is written
@@ -57,7 +58,8 @@ def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]]) ->
         raise MissingLimit(f"the Prefect server has no global concurrency limit {', '.join(gone)} (llm.limit_name): "
                            f"create it with `alignflow limits create CONFIG`")
     run.forget_ledger()  # what was spent is counted again from the store, with this run's budget
-    redo, keys = stages.changed_stages(run, [stages.step(run, s, **options.get(s, {})) for s in names])
+    steps = [stages.step(run, s, **options.get(s, {})) for s in names]
+    redo, keys = stages.check_config(run, steps, allow_config_change)
     if redo:
         get_run_logger().warning("run %s: the config changed (%s); redoing %s", run.run_id, ", ".join(keys),
                                  ", ".join(redo))

@@ -119,7 +119,7 @@ def test_a_resume_needs_only_the_store(tmp_path, monkeypatch):
     assert store.list("r1/responses/answers/")  # where the answers are
 
 
-def test_a_changed_config_says_what_it_redoes_and_redoes_only_that(tmp_path, caplog):
+def test_a_changed_config_says_what_it_redoes_and_redoes_only_that(tmp_path, caplog, capsys):
     store = Store(str(tmp_path / "store"))
 
     def announced() -> list[str]:
@@ -131,11 +131,18 @@ def test_a_changed_config_says_what_it_redoes_and_redoes_only_that(tmp_path, cap
         assert main(args(server, store.url)) == 0
         assert announced() == []
         server.reset_counts()
-        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst")) == 0
+        before = store.read_json("r1/manifest.json")
+        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst")) == 2  # refused: say so
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == ("alignflow: run r1 was made with another config (pairs.strategy): that would make pairs "
+                           "again; to do so, pass --allow-config-change pairs")
+        assert server.requests == 0 and store.read_json("r1/manifest.json") == before
+        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst",
+                         "--allow-config-change", "pairs")) == 0
         assert server.requests == 0  # pairs ask no model
         assert announced() == ["run r1: the config changed (pairs.strategy); redoing pairs"]
-        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst",
-                         "--set", "responses.per_instruction=3")) == 0
+        assert main(args(server, store.url, "--set", "pairs.strategy=best_vs_worst", "--set",
+                         "responses.per_instruction=3", "--allow-config-change", "responses,judgments,pairs")) == 0
         assert announced() == ["run r1: the config changed (responses.per_instruction); redoing responses, judgments, pairs"]
         asked = server.requests
     manifest = assert_whole(store, "r1")

@@ -259,8 +259,8 @@ def test_export_from_an_s3_run_directory(s3_server, tmp_path):
 
 @pytest.mark.parametrize("where, fmt, message", [
     ("nowhere", "dpo", "no such run directory: "),
-    ("empty", "dpo", "not a run directory (no manifest.json, no stage folders): "),
-    ("store", "dpo", "not a run directory (no manifest.json, no stage folders): "),
+    ("empty", "dpo", "not a run directory (no manifest.json, no stage written): "),
+    ("store", "dpo", "not a run directory (no manifest.json, no stage written): "),
     ("unpaired", "dpo", "run unpaired has no pairs yet"),
     ("unpaired", "argilla", "run unpaired has no pairs yet"),
     ("unjudged", "sft", "run unjudged has no judgments yet"),

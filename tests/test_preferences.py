@@ -112,4 +112,4 @@ def test_agreement_needs_both_orders_and_a_run(tmp_path, capsys):
     assert "judge.both_orders=true" in capsys.readouterr().err
     assert main(["agreement", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert "not a run directory" in err and len(err.strip().splitlines()) == 1
+    assert "no such run directory" in err and len(err.strip().splitlines()) == 1

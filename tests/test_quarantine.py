@@ -115,7 +115,7 @@ def test_a_later_decision_overrides_an_earlier_one_and_both_are_kept(run_dir, ca
 
 
 @pytest.mark.parametrize("args, message", [
-    (["list", "{tmp}/nowhere"], "not a run directory"),
+    (["list", "{tmp}/nowhere"], "no such run directory"),
     (["list", "{tmp}"], "not a run directory"),
     (["show", "{run}", "responses"], "BATCH must look like responses/3 or responses/batch-00003, not 'responses'"),
     (["show", "{run}", "responses/7"],

@@ -7,13 +7,15 @@ from alignflow.commands import fail
 def cmd_agreement(args) -> int:
     from alignflow.agreement import NotBothOrders, measure
     from alignflow.records import schema_for
-    from alignflow.store import Store
+    from alignflow.store import RunDirError, open_run_dir
 
     run_dir = args.run_dir.rstrip("/")
-    store_url, _, run_id = run_dir.rpartition("/")
-    store = Store(store_url or ".")
-    if not store.list(f"{run_id}/judgments/kept/"):
-        return fail(f"no judgments in {run_dir}: not a run directory, or the judge stage has not run")
+    try:
+        store, run_id = open_run_dir(run_dir)
+    except RunDirError as exc:
+        return fail(str(exc))
+    if not store.list_dir(f"{run_id}/judgments/kept"):
+        return fail(f"no judgments in {run_dir}: the judge stage has not run")
     try:
         result = measure(store.read_dir(f"{run_id}/judgments/kept", schema=schema_for("judgments")))
     except NotBothOrders as exc:

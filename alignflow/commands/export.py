@@ -8,8 +8,7 @@ from pathlib import Path
 
 from alignflow.commands import fail
 from alignflow.exports import FORMATS, ExportError, export
-from alignflow.manifest import STAGES
-from alignflow.store import Store
+from alignflow.store import RunDirError, Store, open_run_dir
 
 
 def register(sub) -> None:
@@ -25,19 +24,10 @@ def register(sub) -> None:
 
 def locate(run_dir: str) -> tuple[Store, str]:
     """The store holding RUN_DIR and the run id; ExportError when RUN_DIR is not a run's directory."""
-    if run_dir.startswith("s3://"):
-        parent, _, run_id = run_dir.rstrip("/").rpartition("/")
-        if parent in ("s3:", "s3:/"):
-            raise ExportError(f"not a run directory: {run_dir} is a bucket; give s3://bucket/<store>/<run_id>")
-    else:
-        path = Path(run_dir).resolve()
-        if not path.is_dir():
-            raise ExportError(f"no such run directory: {run_dir}")
-        parent, run_id = str(path.parent), path.name
-    store = Store(parent)
-    if not store.exists(f"{run_id}/manifest.json") and not any(store.list(f"{run_id}/{s}/") for s in STAGES):
-        raise ExportError(f"not a run directory (no manifest.json, no stage folders): {run_dir}")
-    return store, run_id
+    try:
+        return open_run_dir(run_dir)
+    except RunDirError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def _require(store: Store, run_id: str, fmt: str) -> None:
