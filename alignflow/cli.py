@@ -91,6 +91,20 @@ EXIT_EMPTY = 3  # the run finished, but a dataset it was asked for has no rows
 EXIT_STOPPED = 4  # the run stopped before its end (its budget): the same command with the same run id resumes it
 
 
+def _stages_named(value: str | None) -> list[str] | None:
+    """The stages `--allow-config-change` names, each a stage alignflow has."""
+    if value is None:
+        return None
+    from alignflow.stages import STEPS
+
+    named = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = [s for s in named if s not in STEPS]
+    if unknown or not named:
+        raise ConfigError(f"--allow-config-change: {', '.join(unknown) or 'no stage'} is not a stage; "
+                          f"stages: {', '.join(STEPS)}")
+    return named
+
+
 def _resumable(config: PipelineConfig, run_id: str, allowed: list[str] | None) -> None:
     """A run id being written by another process, or resumed with a config that would redo stages not allowed,
     stops here, before Prefect starts (the flow checks the same again, for runs started elsewhere)."""
@@ -118,9 +132,9 @@ def cmd_run(args) -> int:
     from alignflow.stages import ConfigChanged
     from alignflow.store import StoreError
 
-    allowed = [s.strip() for s in args.allow_config_change.split(",")] if args.allow_config_change else None
     try:
-        run_id = check_run_id(args.run_id) if args.run_id else new_run_id()
+        allowed = _stages_named(args.allow_config_change)
+        run_id = check_run_id(args.run_id) if args.run_id is not None else new_run_id()
         config = load_config(args.config, args.set)
         _preflight(config)
         if args.run_id:

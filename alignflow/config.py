@@ -249,7 +249,8 @@ class PipelineConfig(Strict):
     @model_validator(mode="after")
     def _seeds_exist(self) -> "PipelineConfig":
         if not Path(self.seeds).is_file():
-            raise ValueError(f"seeds file not found: {self.seeds}")
+            raise ValueError(f"seeds: {self.seeds} is a directory, not a file" if Path(self.seeds).is_dir()
+                             else f"seeds file not found: {self.seeds}")
         return self
 
     def llm_for(self, stage: str) -> LLMConfig:
@@ -307,7 +308,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc.reason}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -47,8 +47,8 @@ def require_suites(directory: str | Path | None, stages: tuple[str, ...] = GATED
 
 def _read(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SuiteError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise SuiteError(f"{path}: expected a JSON object (a GX expectation suite)")

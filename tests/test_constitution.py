@@ -10,12 +10,15 @@ import polars as pl
 import pytest
 from datasets import load_dataset
 from llm_server import LLMTestServer
-from prefect.testing.utilities import prefect_test_harness
 
 from alignflow.cai_labels import Choice, dpo, soft_label
-from flows.cli import main
-from alignflow.constitution import ConstitutionError, load_constitution, parse_constitution
+from alignflow.constitution import (
+    ConstitutionError,
+    load_constitution,
+    parse_constitution,
+)
 from alignflow.records import SCHEMAS, frame
+from flows.cli import main
 
 OURS = "data/constitution.yaml"
 ROUNDS = 2
@@ -24,15 +27,7 @@ CRITIQUE_BREAKS = "essential oils"                 # the critic answers with JSO
 REVISION_BREAKS = "wise frog"                      # the reviser does
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
 
 
 def schema_name(req: dict) -> str | None:
@@ -64,12 +59,12 @@ def stage(tmp_path, name, outcome, run_id="c1"):
 
 # ------------------------------------------------------------------ constitution files
 
-def test_our_constitution_and_the_papers_both_load(shared_data, capsys):
+def test_our_constitution_and_the_papers_both_load(test_data, capsys):
     ours = load_constitution(OURS)
     tags = {tag for p in ours.principles for tag in p.tags}
     assert {"harmlessness", "helpfulness", "honesty"} <= tags
     assert all(p.choice for p in ours.principles) and any(p.examples for p in ours.principles)
-    paper = load_constitution(shared_data / "cai_critique_revision_principles.json")
+    paper = load_constitution(test_data / "cai_critique_revision_principles.json")
     assert len(paper.principles) == 16 and paper.principles[0].name == "harmful0"
     assert paper.principles[0].critique_request in paper.principles[0].choice_question  # no `choice`: one is phrased
     assert main(["constitution", "check", OURS]) == 0
@@ -159,8 +154,8 @@ def red_team_responder(req, kind):
     return None
 
 
-def test_revision_flow_on_the_red_team_prompts(tmp_path, shared_data, capsys):
-    prompts_file = shared_data / "cai_red_team_prompts.jsonl"
+def test_revision_flow_on_the_red_team_prompts(tmp_path, test_data, capsys):
+    prompts_file = test_data / "cai_red_team_prompts.jsonl"
     prompts = [json.loads(line)["prompt"].strip() for line in prompts_file.read_text().splitlines()]
     with LLMTestServer(respond=red_team_responder) as server:
         assert cli(server, tmp_path, "revise", "--prompts", str(prompts_file)) == 0
@@ -212,8 +207,8 @@ def test_revision_flow_on_the_red_team_prompts(tmp_path, shared_data, capsys):
     assert "sk-test-secret" not in stored
 
 
-def test_a_flaky_server_loses_no_row_and_a_rerun_asks_only_what_failed(tmp_path, shared_data):
-    prompts_file = shared_data / "cai_red_team_prompts.jsonl"
+def test_a_flaky_server_loses_no_row_and_a_rerun_asks_only_what_failed(tmp_path, test_data):
+    prompts_file = test_data / "cai_red_team_prompts.jsonl"
 
     def outcomes():
         return {o: stage(tmp_path, "revisions", o).height for o in ("kept", "rejected", "failed", "quarantine")}
@@ -375,7 +370,8 @@ def test_the_revisions_suite_passes_a_good_batch_and_quarantines_a_bad_one():
     (["--prompts", "nowhere.jsonl"], "cannot read prompts file nowhere.jsonl"),
     (["--prompts", "configs/quickstart.yaml"], "configs/quickstart.yaml:1: not valid JSON"),
     (["--prompts", "x", "--initial", "modle=gpt"], "--initial modle: unknown key"),
-    (["--prompts", "x", "--set", "constitution.rounds=99"], "99 rounds need 99 distinct principles"),
+    (["--prompts", "x", "--set", "constitution.rounds=99"], "constitution.rounds: Input should be less than or equal to 16"),
+    (["--prompts", "x", "--set", "constitution.rounds=16"], "16 rounds need 16 distinct principles"),
     (["--prompts", "x", "--set", "constitution.file=nowhere.yaml"], "cannot read constitution nowhere.yaml"),
 ])
 def test_revise_user_errors_are_one_line(capsys, extra, message):

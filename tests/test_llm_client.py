@@ -114,6 +114,17 @@ def test_api_key_never_in_results():
     assert "sk-test-secret" not in repr(result)
 
 
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_refused_key_is_redacted_from_what_a_failed_row_keeps(provider):
+    """A 401 body quotes the key, masked (`sk-t******cret`): masked or not, it is never stored with a row."""
+    with LLMTestServer(api_key="sk-the-right-one") as server:
+        llm = make_llm(server, provider, max_retries=0)
+        [result] = llm.generate(prompts(llm, 1))
+    stored = repr(result)  # the error, the raw body and every extra a row keeps
+    assert "401" in result.error and "[redacted]" in stored
+    assert "sk-test-secret" not in stored and "sk-t" not in stored and "cret" not in stored
+
+
 def test_a_bug_in_our_code_raises_instead_of_becoming_a_failed_row(monkeypatch):
     """Only provider and parse failures are failed rows; anything else is a bug, and a bug must be seen."""
     from alignflow.llm.remote import OpenAIBackend
