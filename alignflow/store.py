@@ -7,6 +7,7 @@ on S3 the object is sent in a single PUT. A missing key raises FileNotFoundError
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -135,13 +136,34 @@ class _Local:
                 (self.root / key).unlink()
 
 
+OUTAGE_S = 120.0  # how long a store request keeps trying while S3 cannot be reached
+
+
+def _patient(method: Callable) -> Callable:
+    """Tried again, with jittered backoff, for up to `patience_s` while the S3 endpoint cannot be reached, so a
+    run rides out a short outage of its store (botocore's own retries share a quota an outage drains in seconds)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        from botocore.exceptions import ConnectionError as Unreachable
+        from botocore.exceptions import HTTPClientError
+        from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_random_exponential
+
+        for attempt in Retrying(retry=retry_if_exception_type((Unreachable, HTTPClientError)), reraise=True,
+                                wait=wait_random_exponential(multiplier=0.5, max=10),
+                                stop=stop_after_delay(self.patience_s)):
+            with attempt:
+                return method(self, *args, **kwargs)
+
+    return call
+
+
 class _S3:
     """Objects under ``s3://bucket/prefix``; one boto3 client per store, from the standard AWS env."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, patience_s: float = OUTAGE_S):
         import boto3
 
-        self.url = url.rstrip("/")
+        self.url, self.patience_s = url.rstrip("/"), patience_s
         self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
         if not self.bucket:
             raise ValueError(f"no bucket in store URL {url!r}")
@@ -154,12 +176,14 @@ class _S3:
     def _object_key(self, key: str) -> str:
         return self.prefix + key
 
+    @_patient
     def write(self, key: str, writer: Writer) -> None:
         """Serialize into memory, then send a single PUT (atomic on S3)."""
         buf = io.BytesIO()
         writer(buf)
         self.client.put_object(Bucket=self.bucket, Key=self._object_key(key), Body=buf.getvalue())
 
+    @_patient
     def read_bytes(self, key: str) -> bytes:
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))["Body"].read()
@@ -181,9 +205,11 @@ class _S3:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {self.join(key)}") from None
 
+    @_patient
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
 
+    @_patient
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
             found = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
@@ -191,6 +217,7 @@ class _S3:
             return None
         return found["Body"].read(), found["ETag"]
 
+    @_patient
     def put_if(self, key: str, data: bytes, version: str | None) -> str:
         """A conditional PUT: If-None-Match: * when there should be nothing, If-Match: ETag otherwise."""
         from botocore.exceptions import ClientError
@@ -219,6 +246,7 @@ class _S3:
             options["aws_allow_http"] = "true"
         return options
 
+    @_patient
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
@@ -230,6 +258,7 @@ class _S3:
             raise
         return True
 
+    @_patient
     def _keys(self, prefix: str, delimiter: str = "") -> list[str]:
         kwargs = {"Bucket": self.bucket, "Prefix": self._object_key(prefix)}
         if delimiter:
@@ -245,6 +274,7 @@ class _S3:
     def list_dir(self, prefix: str) -> list[str]:
         return self._keys(prefix, delimiter="/")
 
+    @_patient
     def delete_prefix(self, prefix: str) -> None:
         keys = self._keys(prefix)
         for start in range(0, len(keys), 1000):  # delete_objects takes at most 1000 keys
@@ -323,12 +353,18 @@ class Store:
         if not self.url.startswith("s3://") and Path(self.url).exists() and not Path(self.url).is_dir():
             raise StoreError(f"the store {self.url} is a file, not a directory")
         key = f".alignflow-probe-{uuid.uuid4().hex}"
+        s3 = self.url.startswith("s3://")
+        created = None if s3 else _first_missing(Path(self.url))
+        backend = _S3(self.url, patience_s=0) if s3 else self._backend  # a check answers at once
         try:
-            self._backend.write(key, lambda f: f.write(b"probe"))
-            self._backend.delete(key)
+            backend.write(key, lambda f: f.write(b"probe"))
+            backend.delete(key)
         except (OSError, BotoCoreError, ClientError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
             raise StoreError(f"cannot write to the store {self.url}: {reason}") from None
+        finally:
+            if created is not None:  # a check leaves nothing behind, not even the directories it made
+                shutil.rmtree(created, ignore_errors=True)
 
     def read_json_versioned(self, key: str) -> tuple[Any, str] | None:
         """The JSON at `key` and its version (an ETag on S3), or None when there is none."""
@@ -344,6 +380,15 @@ class Store:
     def delete_prefix(self, key_prefix: str) -> None:
         """Delete every file under ``key_prefix``."""
         self._backend.delete_prefix(_dir_prefix(key_prefix))
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet, or None when it all exists."""
+    path = path.absolute()
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
 
 
 class RunDirError(ValueError):

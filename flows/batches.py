@@ -8,7 +8,9 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound, TerminationSignal
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed
 
@@ -20,15 +22,13 @@ from tasks.stages import BATCH
 
 @contextmanager
 def writing(run: Run) -> Iterator[Lease]:
-    """The run's lease, held while the flow runs: a second writer of the same run id stops with LeaseHeld. A flow
-    run that held it and died (killed) is marked Crashed; one stopped by SIGINT or SIGTERM is noted for
-    `mark_interrupted`."""
+    """The run's lease, held while the flow runs: a second writer of the same run id stops with LeaseHeld. Flow
+    runs of this run id left Running by a killed process are marked Crashed; one stopped by SIGINT or SIGTERM is
+    noted for `mark_interrupted`."""
     lease = Lease(run.store, run.run_id, flow_run.id)
     if taken_over := lease.acquire():
         get_run_logger().warning(taken_over)
-        if lease.previous and lease.previous.flow_run and lease.previous.flow_run != flow_run.id:
-            _mark(lease.previous.flow_run, Crashed(message=f"its process died; run {run.run_id} was taken over"),
-                  only_if_running=True)
+    _crash_dead_runs(run.run_id)
     try:
         yield lease
     except (KeyboardInterrupt, TerminationSignal):
@@ -38,24 +38,27 @@ def writing(run: Run) -> Iterator[Lease]:
         lease.release()
 
 
+def _crash_dead_runs(run_id: str) -> None:
+    """With the lease held, no other flow run of `run_id` is alive: one still Running died with its process."""
+    crashed = Crashed(message=f"its process died; run {run_id} was resumed by flow run {flow_run.id}")
+    with get_client(sync_client=True) as client:
+        running = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))), limit=200)
+        for dead in running:
+            if dead.parameters.get("run_id") == run_id and str(dead.id) != flow_run.id:
+                client.set_flow_run_state(dead.id, crashed, force=True)
+
+
 INTERRUPTED: dict[str, str] = {}  # flow run id -> run id, of flow runs stopped by SIGINT or SIGTERM
 
 
 def mark_interrupted() -> None:
     """Prefect marks a flow run stopped by a signal Crashed; a signal is a request to stop, so mark it Cancelled."""
-    while INTERRUPTED:
-        flow_run_id, run_id = INTERRUPTED.popitem()
-        _mark(flow_run_id, Cancelled(message=f"stopped by a signal; `--run-id {run_id}` resumes it"))
-
-
-def _mark(flow_run_id: str, state, only_if_running: bool = False) -> None:
     with get_client(sync_client=True) as client:
-        try:
-            if only_if_running and not client.read_flow_run(flow_run_id).state.is_running():
-                return
-            client.set_flow_run_state(flow_run_id, state, force=True)
-        except ObjectNotFound:  # a flow run of another Prefect server (the temporary one of a killed process)
-            pass
+        while INTERRUPTED:
+            flow_run_id, run_id = INTERRUPTED.popitem()
+            client.set_flow_run_state(flow_run_id, Cancelled(message=f"stopped by a signal; `--run-id {run_id}` "
+                                                                     "resumes it"), force=True)
 
 
 def run_stage(run: Run, stage: str, refs: list[BatchRef], options: dict[str, Any] | None = None) -> dict[str, int]:

@@ -41,8 +41,9 @@ def _start(module: str, name: str, *args, **kwargs) -> dict:
 
 def _serve() -> None:
     """Without PREFECT_API_URL, the temporary Prefect server Prefect would start, but one that dies with this
-    process: the kernel sends it SIGTERM when its parent goes, even by kill -9, so none is left behind."""
-    if os.environ.get("PREFECT_API_URL"):
+    process: on Linux the kernel kills it when its parent goes, even by kill -9, so none is left behind
+    (elsewhere Prefect starts its own, stopped by its exit handler)."""
+    if os.environ.get("PREFECT_API_URL") or not sys.platform.startswith("linux"):
         return
     import ctypes
     import socket
@@ -54,8 +55,8 @@ def _serve() -> None:
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # before Prefect reads its settings
     from prefect.server.api.server import SubprocessASGIServer
 
-    def die_with_parent() -> None:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux); elsewhere: Prefect's atexit only
+    def die_with_parent() -> None:  # PR_SET_PDEATHSIG: SIGKILL, as a graceful stop can wait on the dead client
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
     class TemporaryServer(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen:
@@ -66,7 +67,9 @@ def _serve() -> None:
             finally:
                 subprocess.Popen = real
 
-    TemporaryServer(port=port).start()
+    # Prefect waits 20 s for it; a busy 2-core worker can take longer, and a run that fails to start is worse
+    TemporaryServer(port=port).start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                                                                90)))
 
 
 def register_limits(sub) -> None:

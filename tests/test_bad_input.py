@@ -226,6 +226,7 @@ def test_s3_store_without_credentials(env, server, capsys, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(env / "no-config"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr("boto3.DEFAULT_SESSION", None)  # as in a fresh process: no credentials cached by other tests
     code = cli.main(["run", "configs/quickstart.yaml", "--set", "store=s3://some-bucket/runs", "--set",
                      "llm.provider=openai", "--set", f"llm.base_url={server.openai_base_url}", "--set", "llm.model=gen"])
     line = one_line(capsys)

@@ -1,63 +1,15 @@
 """The run engine through `alignflow run` and a real Prefect server (the test harness) against the loopback server:
 fresh data per run, resume from the store alone, stages that stream, a target on a final dataset, loud config
-changes; and kill -9 at random points, on a local and on an S3 store, with nothing asked twice."""
-import os
-import random
-import signal
-import subprocess
-import sys
-import time
-from collections import defaultdict
+changes. Kills and races are in test_chaos.py."""
 
-import polars as pl
 import pytest
-from conftest import BUCKET, ROOT
 from llm_server import LLMTestServer
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
-from alignflow import answers
-from alignflow.records import schema_for
-from alignflow.store import OUTCOMES, Store
+from alignflow.store import Store
 from flows.cli import main
+from runs import STAGES, args, assert_whole, read
 
-STAGES = ("instructions", "responses", "judgments", "pairs")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
-
-
-def args(server, store, *extra, run_id="r1", target="12"):
-    return ["run", "configs/quickstart.yaml", "--set", f"store={store}", "--set", "llm.provider=openai",
-            "--set", f"llm.base_url={server.openai_base_url}", "--set", "llm.model=gen-model",
-            "--set", f"instructions.target={target}", "--set", "llm.max_concurrency=8", "--run-id", run_id, *extra]
-
-
-def read(store: Store, run_id: str, stage: str, outcome: str = "kept") -> pl.DataFrame:
-    return store.read_dir(f"{run_id}/{stage}/{outcome}", schema=schema_for(stage))
-
-
-def assert_whole(store: Store, run_id: str) -> dict:
-    """The manifest adds up per stage, and no id is in a stage or a dataset twice."""
-    manifest = store.read_json(f"{run_id}/manifest.json")
-    for stage in ("responses", "judgments", "pairs"):
-        counts = manifest["stages"][stage]
-        assert counts["inputs"] == sum(counts[o] for o in OUTCOMES) > 0, stage
-    for stage in STAGES:
-        ids = pl.concat([read(store, run_id, stage, o).select("id") for o in OUTCOMES])["id"]
-        assert ids.is_unique().all() and ids.len() == sum(manifest["stages"][stage][o] for o in OUTCOMES), stage
-    for name, column in (("dpo", "pair_id"), ("sft", "response_id"), ("kto", "response_id")):
-        rows = store.read_parquet(f"{run_id}/datasets/{name}.parquet")
-        assert rows[column].is_unique().all() and rows.height == manifest["datasets"][name] > 0, name
-    return manifest
+pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
 
 
 # -- fresh data per run, and the same run sends nothing --------------------------------------------------------------
@@ -192,56 +144,3 @@ def test_a_target_out_of_budget_says_so(tmp_path, capsys):
                in line for line in err)
     target = store.read_json("r1/manifest.json")["target"]
     assert target["reached"] is False and target["made"] > 0 and "max_rounds" in target["stopped_by"]
-
-
-# -- kill -9 ---------------------------------------------------------------------------------------------------------
-
-# An answer is in the store within FLUSH_S of arriving (plus a write): a kill may lose the answers of the last
-# seconds, and the requests in flight; anything older must never be asked again.
-WINDOW_S = answers.FLUSH_S + 2.0
-
-
-def _start(command: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", *command], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_kill_9_at_ten_random_points_then_resume(where, tmp_path, prefect_server, request):
-    """Ten kills at random points of one run, each followed by the same command; the S3 run also resumes each time
-    on a fresh cache directory, as another machine would."""
-    if where == "s3":
-        request.getfixturevalue("s3_server")
-    store = Store(str(tmp_path / "store") if where == "local" else f"s3://{BUCKET}/kills")
-    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_LOGGING_LEVEL": "ERROR"}
-    rnd = random.Random(20261202 if where == "local" else 7)
-    kills, finished_early = [], 0
-    with LLMTestServer(latency_s=0.02) as server:
-        for attempt in range(11):
-            cache = ["--set", "cache.enabled=false"] if where == "local" else ["--set", f"cache.dir={tmp_path}/cache{attempt}"]
-            proc = _start(args(server, store.url, "--set", "instructions.prompts_per_round=3",
-                               "--set", "responses.batch_size=4", *cache, target="40"), env)
-            if attempt == 10:  # the last one runs to the end
-                _, err = proc.communicate(timeout=600)
-                assert proc.returncode == 0, err.decode()[-2000:]
-                break
-            try:
-                proc.wait(timeout=rnd.uniform(4.0, 16.0))
-                finished_early += 1
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                kills.append(time.time())
-                proc.wait()
-        log = list(server.served_log)
-    assert len(kills) >= 7
-
-    served = defaultdict(list)
-    for at, digest in log:
-        served[digest].append(at)
-    repeated = [at for times in served.values() for at in sorted(times)[:-1]]
-    lost_in_flight = [at for at in repeated if any(kill - WINDOW_S <= at <= kill + 1.0 for kill in kills)]
-    print(f"{where}: {len(kills)} kills, {len(log)} answers served, {len(repeated)} asked again, "
-          f"all of them in flight at a kill")
-    assert repeated == lost_in_flight  # nothing answered well before a kill was asked for again
-    assert_whole(store, "r1")
