@@ -14,10 +14,9 @@ os.chdir(ROOT)  # configs name paths relative to the project
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = ROOT.parent / "shared" / "data"
-    assert path.is_dir(), f"{path} is missing: tests read real data from ../shared/data"
-    return path
+def test_data() -> Path:
+    """Small copies of public data (tests/data/README.md): the suite runs from a plain clone."""
+    return ROOT / "tests" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +49,20 @@ def s3_server():
             yield
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server() -> str:
+    """A real Prefect server (Prefect's test harness), one for the whole session: it takes ~15 s to start."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
+@pytest.fixture
+def api_keys(monkeypatch):
+    """Keys for the loopback server (which checks none unless it is told to)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-secret")

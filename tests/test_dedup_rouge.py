@@ -88,14 +88,14 @@ def jsonl(path, field: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def self_instruct(shared_data) -> tuple[list[str], list[str]]:
-    return (jsonl(shared_data / "self_instruct_seed_tasks.jsonl", "instruction"),
-            jsonl(shared_data / "self_instruct_user_oriented_instructions.jsonl", "instruction"))
+def self_instruct(test_data) -> tuple[list[str], list[str]]:
+    return (jsonl(test_data / "self_instruct_seed_tasks.jsonl", "instruction"),
+            jsonl(test_data / "self_instruct_user_oriented_instructions.jsonl", "instruction"))
 
 
 @pytest.fixture(scope="module")
-def t0(shared_data) -> list[str]:
-    return jsonl(shared_data / "t0_train_prompts.jsonl.gz", "prompt")
+def t0(test_data) -> list[str]:
+    return jsonl(test_data / "t0_train_prompts.jsonl.gz", "prompt")
 
 
 def test_self_instruct_sets_match_the_all_pairs_scan(self_instruct):

@@ -20,9 +20,9 @@ RUN = "run1"
 
 
 @pytest.fixture(scope="module")
-def texts(shared_data) -> list[tuple[str, str]]:
+def texts(test_data) -> list[tuple[str, str]]:
     """(instruction, answer) pairs written by people: realistic text for every stage."""
-    rows = [json.loads(line) for line in (shared_data / "self_instruct_seed_tasks.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (test_data / "self_instruct_seed_tasks.jsonl").read_text().splitlines()]
     return [(r["instruction"], r["instances"][0]["output"]) for r in rows]
 
 
@@ -293,14 +293,6 @@ def test_validation_prints_no_progress_bars(store, texts, capfd):
 
 
 # -- Prefect: artifact, event, fail policy, final state ------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def prefect_server():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
 
 def _read_back(read) -> list:
     """Events reach the server's database asynchronously: ask until they are there (or give up)."""

@@ -13,7 +13,6 @@ import numpy as np
 import polars as pl
 import pytest
 from llm_server import LLMTestServer, generate_from_schema, make_instruction
-from prefect.testing.utilities import prefect_test_harness
 from rouge_score import rouge_scorer, tokenize
 from scipy import sparse
 
@@ -29,15 +28,7 @@ from flows.instructions import instructions_flow
 THRESHOLD = 0.7
 
 
-@pytest.fixture(scope="module")
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+pytestmark = pytest.mark.usefixtures("api_keys")
 
 
 class CountingAnswers:

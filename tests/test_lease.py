@@ -1,5 +1,4 @@
 """One writer per run id: the lease in the store, locally and on S3 (moto server), and through `alignflow run`."""
-import json
 import os
 import socket
 import subprocess
@@ -7,7 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import BUCKET, ROOT
+from conftest import BUCKET
 
 from alignflow.lease import EXPIRES_S, Lease, LeaseHeld
 from alignflow.store import Store

@@ -7,21 +7,10 @@ import time
 import polars as pl
 import pytest
 from llm_server import LLMTestServer
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-secret")
+pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
 
 
 def run_cli(server, tmp_path, *extra, provider="openai", run_id="r1"):
@@ -58,7 +47,7 @@ def test_run_writes_datasets_and_a_manifest_that_adds_up(tmp_path, capsys, provi
     assert sft["messages"].list.len().min() == 2
     kto = pl.read_parquet(tmp_path / "store/r1/datasets/kto.parquet")
     assert manifest["datasets"] == {"dpo": dpo.height, "sft": sft.height, "kto": kto.height}
-    responses = pl.read_parquet(tmp_path / f"store/r1/responses/kept/")
+    responses = pl.read_parquet(tmp_path / "store/r1/responses/kept/")
     assert set(responses["model"]) == {"gen-model"} and set(responses["provider"]) == {provider}
     stored = "".join(p.read_bytes().decode("latin-1") for p in (tmp_path / "store").rglob("*") if p.is_file())
     assert "sk-test-secret" not in stored and "sk-ant-test-secret" not in stored

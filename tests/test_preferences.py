@@ -7,23 +7,13 @@ import re
 import polars as pl
 import pytest
 from llm_server import LLMTestServer, _last_user_text, _structured_schema, _text_of
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import main
 
 ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _keys(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-secret")
+pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
 
 
 def unjudgeable(instruction: str) -> bool:

@@ -9,8 +9,8 @@ import pytest
 from test_gate import judgments, responses, texts, write  # noqa: F401  (texts is a fixture)
 
 from alignflow import manifest, quarantine
-from flows.cli import main
 from alignflow.store import Store
+from flows.cli import main
 
 RUN = "run1"
 

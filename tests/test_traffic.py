@@ -10,23 +10,12 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 from llm_server import LLMTestServer
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 
 from alignflow.config import LLMConfig
 from alignflow.llm.client import LLM
 from flows.cli import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_api():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(autouse=True)
-def _key(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
 
 
 def args(server, store, *extra, run_id="t1"):
@@ -89,11 +78,11 @@ def test_a_server_that_slows_down_under_load_is_backed_off():
 
 
 @pytest.mark.slow
-def test_two_runs_at_once_share_one_global_concurrency_limit(tmp_path, prefect_api):
+def test_two_runs_at_once_share_one_global_concurrency_limit(tmp_path, prefect_server):
     """Two flow runs in two processes, one Prefect global limit of 8 for the endpoint: the server never sees more."""
     config = tmp_path / "config.yaml"
     config.write_text(Path("configs/quickstart.yaml").read_text())
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_LOGGING_LEVEL": "ERROR"}
+    env = {**os.environ, "PREFECT_API_URL": prefect_server, "PREFECT_LOGGING_LEVEL": "ERROR"}
     with LLMTestServer(latency_s=0.1) as server:
         shared = ["--set", "llm.limit_name=shared-endpoint", "--set", "llm.max_concurrency=16"]
         created = subprocess.run([sys.executable, "-m", "flows.cli", "limits", "create", str(config), *shared,

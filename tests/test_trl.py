@@ -6,21 +6,20 @@ import datasets
 import pytest
 import torch
 from llm_server import LLMTestServer
-from prefect.testing.utilities import prefect_test_harness
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
 from trl.data_utils import is_conversational, unpair_preference_dataset
 
-from flows.cli import main
 from alignflow.llm.local import _bundled_gguf
+from flows.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, prefect_server):
     """The quickstart pipeline against the loopback LLM server: datasets/{dpo,sft,kto}.parquet as a user gets them."""
     root = tmp_path_factory.mktemp("pipeline")
-    with pytest.MonkeyPatch.context() as mp, prefect_test_harness(server_startup_timeout=120), LLMTestServer() as llm:
+    with pytest.MonkeyPatch.context() as mp, LLMTestServer() as llm:
         mp.setenv("OPENAI_API_KEY", "sk-test-secret")
         overrides = [f"store={root / 'store'}", f"cache.dir={root / 'cache'}", "llm.provider=openai",
                      f"llm.base_url={llm.openai_base_url}", "llm.model=gen-model", "judge.llm.model=judge-model"]
