@@ -90,27 +90,25 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--dedup", choices=["rouge", "minhash"], default="rouge")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, LLMTestServer() as llm:
-        prefect, api_url = start_prefect(Path(tmp) / "prefect")
-        try:
-            results = [run(size, llm.openai_base_url, api_url, Path(tmp) / "store", args.dedup) for size in args.sizes]
-        finally:
-            prefect.terminate()
-            prefect.wait()
-    base = None
     print(f"whole pipeline, zero-latency loopback server, dedup {args.dedup}; 'rounds s' is the instruction rounds'")
     print("share (their novelty dedup grows with the pool); 'rest ms/instr.' is the wall time outside them")
     print(f"{'instructions':>12} {'requests':>9} {'wall s':>8} {'ms/instr.':>9} {'vs first':>8} {'rounds s':>8} "
-          f"{'rest ms/instr.':>14} {'vs first':>8} {'peak MB':>8} {'dpo rows':>8}")
-    rest_base = None
-    for r in results:
-        stages, size = r["manifest"]["stages"], r["size"]
-        per = r["wall"] / size * 1000
-        rest = (r["wall"] - r["rounds_s"]) / size * 1000
-        base, rest_base = base or per, rest_base or rest
-        print(f"{size:>12,} {sum(s.get('requests', 0) for s in stages.values()):>9,} {r['wall']:>8.1f} {per:>9.2f} "
-              f"{per / base:>7.2f}x {r['rounds_s']:>8.1f} {rest:>14.2f} {rest / rest_base:>7.2f}x {r['peak_mb']:>8.0f} "
-              f"{r['manifest']['datasets'].get('dpo', 0):>8,}")
+          f"{'rest ms/instr.':>14} {'vs first':>8} {'peak MB':>8} {'dpo rows':>8}", flush=True)
+    first = None
+    with tempfile.TemporaryDirectory() as tmp, LLMTestServer() as llm:
+        prefect, api_url = start_prefect(Path(tmp) / "prefect")
+        try:
+            for size in args.sizes:  # a row as each size finishes: the largest takes an hour or more
+                r = run(size, llm.openai_base_url, api_url, Path(tmp) / "store", args.dedup)
+                per, rest = r["wall"] / size * 1000, (r["wall"] - r["rounds_s"]) / size * 1000
+                first = first or (per, rest)
+                requests = sum(s.get("requests", 0) for s in r["manifest"]["stages"].values())
+                print(f"{size:>12,} {requests:>9,} {r['wall']:>8.1f} {per:>9.2f} {per / first[0]:>7.2f}x "
+                      f"{r['rounds_s']:>8.1f} {rest:>14.2f} {rest / first[1]:>7.2f}x {r['peak_mb']:>8.0f} "
+                      f"{r['manifest']['datasets'].get('dpo', 0):>8,}", flush=True)
+        finally:
+            prefect.terminate()
+            prefect.wait()
 
 
 if __name__ == "__main__":
