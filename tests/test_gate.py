@@ -311,7 +311,7 @@ def _read_back(read) -> list:
 @pytest.mark.slow
 def test_publish_makes_an_artifact_and_an_event(prefect_server, store, texts):
     from prefect import flow
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     from tasks.gate import EVENT, final_state, publish
@@ -334,9 +334,10 @@ def test_publish_makes_an_artifact_and_an_event(prefect_server, store, texts):
     assert shown.is_completed()
     assert shown.message.startswith("1 batch quarantined: responses/1 (expect_column_values_to_be_in_set(outcome)")
 
-    async def artifacts(client):
+    async def artifacts(client):  # this flow run's: the server is shared with the session's other tests
         return await client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["gate-responses-0", "gate-responses-1"])))
+            key=ArtifactFilterKey(any_=["gate-responses-0", "gate-responses-1"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
 
     async def events(client):
         return (await client.read_events(filter=EventFilter(
