@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -100,8 +101,9 @@ def digest(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class Step:
-    """Subclasses set `stage` and `templates` and implement `load`, `rows` and, when they ask an LLM, `jobs`."""
+class Step(ABC):
+    """Subclasses set `stage` and `templates` and implement `load`, `rows` and, when they ask an LLM, `jobs`; a
+    stage that can run on its own (not only fed by the stage before it) also has `refs`, its batches."""
 
     stage: str
     templates: tuple[str, ...] = ()
@@ -127,12 +129,9 @@ class Step:
     def batch_key(self, batch: Batch) -> str:
         return digest(self.definition(), batch.basis)
 
-    def refs(self) -> list[BatchRef]:
-        """The stage's batches over what the run holds now, for a stage run on its own."""
-        raise NotImplementedError
-
+    @abstractmethod
     def load(self, ref: BatchRef) -> Batch:
-        raise NotImplementedError
+        """The batch's input rows, read from the store."""
 
     def jobs(self, batch: Batch) -> list[Job]:
         return []
@@ -140,8 +139,9 @@ class Step:
     def more(self, batch: Batch, answered: list[Answer]) -> list[Job]:
         return []
 
+    @abstractmethod
     def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
-        raise NotImplementedError
+        """The batch's rows, kept, rejected with a reason or failed with the error, from its answers."""
 
     def done(self, batch: Batch, record: dict) -> None:
         """Called once the batch's checkpoint is written (not for a batch skipped as done before)."""
