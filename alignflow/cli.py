@@ -109,7 +109,6 @@ def _resumable(config: PipelineConfig, run_id: str, allowed: list[str] | None) -
     """A run id being written by another process, or resumed with a config that would redo stages not allowed,
     stops here, before Prefect starts (the flow checks the same again, for runs started elsewhere)."""
     from alignflow import stages
-    from alignflow.constitution import load_constitution
     from alignflow.lease import Lease
     from alignflow.run import Run
 
@@ -117,12 +116,8 @@ def _resumable(config: PipelineConfig, run_id: str, allowed: list[str] | None) -
     Lease(run.store, run_id).check()
     if run.stage_record("seeds") is None:
         return  # a new run
-    options = {"revisions": {"constitution": load_constitution(config.constitution.file)}} \
-        if config.constitution.enabled else {}
-    names = ["seeds", "instructions", "responses", *(["revisions"] if options else []), "judgments", "pairs"]
-    redo, keys = stages.changed_stages(run, [stages.step(run, s, **options.get(s, {})) for s in names])
-    if [stage for stage in redo if stage not in (allowed or [])]:
-        raise stages.ConfigChanged(stages.refusal(run_id, redo, keys))
+    names, options = stages.pipeline_stages(config)
+    stages.allowed_changes(run, [stages.step(run, s, **options.get(s, {})) for s in names], allowed)
 
 
 def cmd_run(args) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from alignflow.cai_labels import CaiLabels
+from alignflow.config import PipelineConfig
+from alignflow.constitution import load_constitution
 from alignflow.instructions import Instructions
 from alignflow.judge import Judge
 from alignflow.pairs import Pairs
@@ -28,13 +30,26 @@ class ConfigChanged(Exception):
     """A run resumed with settings that would make stages again, which the user did not say to redo."""
 
 
-def check_config(run: Run, steps: list[Step], allowed: list[str] | None) -> tuple[list[str], list[str]]:
-    """Compare each stage's definition with the one the run was made with. A stage that would be made again (and
-    every stage after it) must be named in `allowed`, else ConfigChanged says which keys differ and what to pass.
-    Records the definitions when the run goes on; returns the stages it redoes and the keys that differ."""
+def pipeline_stages(config: PipelineConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The stages `alignflow run` makes, in order, and the options of those that take some."""
+    options = {"revisions": {"constitution": load_constitution(config.constitution.file)}} \
+        if config.constitution.enabled else {}
+    return ["seeds", "instructions", "responses", *(["revisions"] if options else []), "judgments", "pairs"], options
+
+
+def allowed_changes(run: Run, steps: list[Step], allowed: list[str] | None) -> tuple[list[str], list[str]]:
+    """The stages a changed config makes again and the keys that differ; ConfigChanged, saying what to pass, when a
+    stage to redo (or one after it) is not named in `allowed`."""
     redo, keys = changed_stages(run, steps)
     if [stage for stage in redo if stage not in (allowed or [])]:
         raise ConfigChanged(refusal(run.run_id, redo, keys))
+    return redo, keys
+
+
+def check_config(run: Run, steps: list[Step], allowed: list[str] | None) -> tuple[list[str], list[str]]:
+    """Compare each stage's definition with the one the run was made with (`allowed_changes`). Records the
+    definitions when the run goes on; returns the stages it redoes and the keys that differ."""
+    redo, keys = allowed_changes(run, steps, allowed)
     for step in steps:
         run.write_stage_record(step.stage, {"stage": step.stage, "definition": step.definition(),
                                             "description": step.description()})

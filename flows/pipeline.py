@@ -18,9 +18,9 @@ from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alignflow.config import PipelineConfig
-from alignflow.constitution import load_constitution
 from alignflow.llm import endpoint
 from alignflow.run import Run, new_run_id
+from alignflow.stages import pipeline_stages
 from alignflow.responses import Plan
 from alignflow.step import BatchRef
 from alignflow.target import COUNTED_BY, Target
@@ -111,9 +111,7 @@ def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_cha
 
 def _pipeline(run: Run, allow_config_change: list[str] | None):
     config = run.config
-    options = {"revisions": {"constitution": load_constitution(config.constitution.file)}} \
-        if config.constitution.enabled else {}
-    stages = ["seeds", "instructions", "responses", *(["revisions"] if options else []), "judgments", "pairs"]
+    stages, options = pipeline_stages(config)
     start_run(run, stages, options, allow_config_change)
 
     target = Target.of(config)
