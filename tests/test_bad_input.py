@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 from llm_server import LLMTestServer
+
+from conftest import _free_port
 
 from flows import cli
 
@@ -36,12 +37,6 @@ def env(tmp_path, monkeypatch, server):
     monkeypatch.setattr(cli, "PrefectLauncher", NoLauncher)
     server.reset_counts()
     return tmp_path
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write(tmp: Path, name: str, content: str | bytes) -> str:
@@ -146,7 +141,7 @@ RUN_CASES = {
                            "missing API key: set the environment variable NO_SUCH_KEY_VARIABLE"),
     "anthropic key unset": (lambda t, s: ["--set", "llm.provider=anthropic", "--set", f"llm.base_url={s.url}"],
                             "set the environment variable ANTHROPIC_API_KEY"),
-    "nothing listens at base_url": (lambda t, s: ["--set", f"llm.base_url=http://127.0.0.1:{closed_port()}/v1"],
+    "nothing listens at base_url": (lambda t, s: ["--set", f"llm.base_url=http://127.0.0.1:{_free_port()}/v1"],
                                     "nothing answers at http://127.0.0.1:"),
 }
 
@@ -225,7 +220,7 @@ def test_s3_store_without_credentials(env, server, capsys, monkeypatch):
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(env / "no-credentials"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(env / "no-config"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
     monkeypatch.setattr("boto3.DEFAULT_SESSION", None)  # as in a fresh process: no credentials cached by other tests
     code = cli.main(["run", "configs/quickstart.yaml", "--set", "store=s3://some-bucket/runs", "--set",
                      "llm.provider=openai", "--set", f"llm.base_url={server.openai_base_url}", "--set", "llm.model=gen"])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BUCKET, ROOT
+from conftest import BUCKET, ROOT, _free_port
 from llm_server import LLMTestServer
 from moto.server import ThreadedMotoServer
 
@@ -191,9 +191,3 @@ def _wait_for(condition, proc: subprocess.Popen, timeout_s: float = 120.0) -> bo
         assert time.time() < deadline, "the run never got that far"
         time.sleep(0.1)
     return True
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
