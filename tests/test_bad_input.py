@@ -235,3 +235,11 @@ def test_s3_store_whose_bucket_is_missing(env, server, capsys, s3_server):
     line = one_line(capsys)
     assert code == 2 and "cannot write to the store s3://no-such-bucket/runs" in line and "NoSuchBucket" in line
     assert server.requests == 0
+
+
+def test_inspect_reads_a_run_that_never_wrote_its_manifest(env, capsys):
+    """A killed run has stages but no manifest yet: inspect counts it from its checkpoints, like `quarantine list`."""
+    (env / "r1" / "seeds").mkdir(parents=True)
+    (env / "r1" / "seeds" / "stage.json").write_text(json.dumps({"stage": "seeds", "definition": "x"}))
+    assert cli.main(["inspect", str(env / "r1")]) == 0
+    assert "no manifest.json yet" in capsys.readouterr().out
