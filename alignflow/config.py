@@ -225,6 +225,17 @@ class ConstitutionConfig(Strict):
     llm: LLMOverride | None = None
 
 
+class ReviewConfig(Strict):
+    """A person approves a stage's output before it becomes a dataset: a sample of its rows is shown (a Prefect
+    form, or `alignflow review RUN_DIR`), and the stage is approved, rejected, or rid of the rows listed."""
+
+    stages: list[Literal["pairs"]] = Field(default_factory=list, description="stages whose output waits for a "
+                                           "reviewer before the datasets are written; empty: no review")
+    sample: int = Field(20, ge=1, le=1000, description="rows shown to the reviewer, drawn with the run's seed")
+    timeout_h: float = Field(24.0, gt=0, le=24 * 90, description="hours to wait for a decision")
+    on_timeout: Literal["reject", "approve"] = Field("reject", description="the decision when nobody answers in time")
+
+
 class CacheConfig(Strict):
     enabled: bool = True
     dir: str = Field(default_factory=lambda: os.environ.get("ALIGNFLOW_CACHE_DIR", str(Path.home() / ".cache" / "alignflow")))
@@ -243,6 +254,7 @@ class PipelineConfig(Strict):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     constitution: ConstitutionConfig = Field(default_factory=ConstitutionConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     prices: str | None = Field(None, description="a YAML price table whose entries override the shipped one")
 
@@ -318,6 +330,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     for item in overrides or []:
         _set_dotted(data, item)
     return parse_config(data, source=str(path))
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` over `base`, key by key at every depth: a partial config changes only what it names."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def overridden(base: dict[str, Any], partial: dict[str, Any], dotted: list[str] | None = None,
+               source: str = "config") -> PipelineConfig:
+    """A config from `base` with a partial config deep-merged over it, then dotted `KEY=VALUE` overrides."""
+    data = deep_merge(base, partial)
+    for item in dotted or []:
+        _set_dotted(data, item)
+    return parse_config(data, source)
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:

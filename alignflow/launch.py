@@ -13,6 +13,8 @@ class Launcher(Protocol):
     def constitution(self, config: PipelineConfig, run_id: str, prompts: str | None,
                      initial: LLMOverride | None) -> dict: ...
     def cai_labels(self, config: PipelineConfig, run_id: str, pairs: str | None) -> dict: ...
+    def resume_review(self, flow_run_id: str, stage: str, decision: dict) -> str:
+        """Resume a flow run suspended for a review with its decision; returns what happened, in one line."""
 
 
 _launcher: Launcher | None = None
@@ -21,6 +23,10 @@ _launcher: Launcher | None = None
 def register(launcher: Launcher) -> None:
     global _launcher
     _launcher = launcher
+
+
+def registered() -> bool:
+    return _launcher is not None
 
 
 def launcher() -> Launcher:

@@ -143,3 +143,27 @@ def traffic_markdown(manifest: dict) -> str:
         lines.append(f"| {e['endpoint']} | {e['requests']} | {e['throttled']} ({e['throttled_share']:.0%}) | "
                      f"{e['cap_now']} / {e['lowest_cap']} / {e['cap']} | {e['peak_in_flight']} | {e['paused_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None) -> str:
+    """The run at a glance, as the pipeline run's summary artifact shows it: where it is, its datasets, rows per
+    stage and outcome, tokens and cost, reviews, and what waits in quarantine."""
+    lines = [f"## alignflow run `{manifest['run_id']}`", "", f"- run directory: `{run_url}`",
+             f"- manifest: `{run_url}/manifest.json`", f"- cost: {dollars(manifest.get('cost_usd'))}, tokens "
+             f"{manifest['tokens']['input_tokens']:,} in / {manifest['tokens']['output_tokens']:,} out"]
+    if manifest.get("stopped"):
+        lines.append(f"- **stopped**: {manifest['stopped']}")
+    if quarantine:
+        lines.append(f"- **{quarantine}**: `alignflow quarantine list {run_url}`, or the gate artifacts of this run")
+    lines += ["", "| dataset | rows | file |", "|---|---:|---|"]
+    lines += [f"| {name} | {rows:,} | `{run_url}/datasets/{name}.parquet` |"
+              for name, rows in manifest["datasets"].items()]
+    header, *rows = table(manifest)
+    lines += ["", f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += [f"| {' | '.join(row)} |" for row in rows]
+    for stage, review in (manifest.get("review") or {}).items():
+        verdict = "waiting for a reviewer" if review["decision"] is None else \
+            f"{review['decision']} by {review['by']} at {review['at']}, {review['rows_rejected']} rows rejected" + \
+            (f": {review['note']}" if review["note"] else "")
+        lines.append(f"\nReview of {stage} ({review['sampled']} rows sampled): {verdict}")
+    return "\n".join(lines) + "\n"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from alignflow.gate import DECISIONS, QUARANTINE, GateResult, read_decisions, report_key
 from alignflow.store import RunDirError, Store, batch_key, open_run_dir

@@ -45,7 +45,8 @@ def _crash_dead_runs(run_id: str) -> None:
         running = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))), limit=200)
         for dead in running:
-            if dead.parameters.get("run_id") == run_id and str(dead.id) != flow_run.id:
+            ours = dead.parameters.get("run_id") == run_id or f"run:{run_id}" in dead.tags  # tagged: run id derived
+            if ours and str(dead.id) != flow_run.id:
                 client.set_flow_run_state(dead.id, crashed, force=True)
 
 

@@ -23,6 +23,24 @@ class PrefectLauncher:
     def cai_labels(self, config: PipelineConfig, run_id: str, pairs: str | None) -> dict:
         return _start("flows.constitution", "cai_labels_flow", config, run_id, pairs=pairs)
 
+    def resume_review(self, flow_run_id: str, stage: str, decision: dict) -> str:
+        if not os.environ.get("PREFECT_API_URL"):
+            return (f"flow run {flow_run_id} waits for this review on a Prefect server: set PREFECT_API_URL to resume "
+                    "it from here, or resume it from the UI")
+        from prefect.client.orchestration import get_client
+        from prefect.flow_runs import resume_flow_run
+
+        with get_client(sync_client=True) as client:
+            try:
+                state = client.read_flow_run(flow_run_id).state
+            except Exception as exc:  # an unreachable server, or a flow run it does not have
+                return f"flow run {flow_run_id} could not be read from {os.environ['PREFECT_API_URL']}: {exc}"
+        if state is None or not state.is_paused():
+            return f"flow run {flow_run_id} is {state.name if state else 'gone'}, not waiting: resume the run to use it"
+        resume_flow_run(flow_run_id, run_input={k: decision[k] for k in ("rows", "note")} |
+                        {"decision": decision["action"]})
+        return f"flow run {flow_run_id} resumed"
+
 
 def _start(module: str, name: str, *args, **kwargs) -> dict:
     """Calls a flow on a Prefect server; a flow run stopped by SIGINT or SIGTERM ends Cancelled, not Crashed."""
@@ -108,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")  # library bars would garble ours
     launch.register(PrefectLauncher())
     signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the flow run is marked Cancelled
-    return cli.main(argv, extra=[register_limits])
+    from flows import deploy
+
+    return cli.main(argv, extra=[register_limits, deploy.register])
 
 
 def _interrupt(signum, frame) -> None:

@@ -7,6 +7,7 @@ from alignflow import cai_labels, revisions
 from alignflow.config import LLMOverride, PipelineConfig
 from alignflow.constitution import load_constitution
 from alignflow.run import Run
+from flows import deployed
 from flows.batches import run_stage, writing
 from tasks.constitution import write_cai_datasets, write_cai_labels
 from tasks.stages import start_run, write_manifest
@@ -20,7 +21,7 @@ def constitution_flow(config: PipelineConfig, run_id: str, prompts: str | None =
     `initial_llm` overrides the responses stage's llm for the initial answers. Returns rows per outcome and the
     sizes of `datasets/cai_sft` and `datasets/cai_dpo`.
     """
-    run = Run(config, run_id)
+    run = Run(deployed.config_of(config, None), run_id)
     options = {"constitution": load_constitution(config.constitution.file), "initial": initial_llm, "prompts": prompts}
     options["constitution"].check_rounds(config.constitution.rounds)
     with writing(run):
@@ -38,7 +39,7 @@ def cai_labels_flow(config: PipelineConfig, run_id: str, pairs: str | None = Non
 
     Returns rows per outcome, the number of ties (the two orders disagreed) and the size of `datasets/cai_labels`.
     """
-    run = Run(config, run_id)
+    run = Run(deployed.config_of(config, None), run_id)
     options = {"constitution": load_constitution(config.constitution.file), "pairs": pairs}
     with writing(run):
         start_run(run, ["cai_labels"], {"cai_labels": options}, ["cai_labels"])

@@ -10,6 +10,7 @@ from alignflow.config import PipelineConfig
 from alignflow.run import Run
 from alignflow.step import BatchRef
 from alignflow.target import Target
+from flows import deployed
 from flows.batches import writing
 from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run
 
@@ -52,7 +53,7 @@ class Rounds:
 @flow(name="instructions")
 def instructions_flow(config: PipelineConfig, run_id: str, allow_config_change: list[str] | None = None) -> int:
     """Rounds until `instructions.target` instructions are kept; returns how many are."""
-    run = Run(config, run_id)
+    run = Run(deployed.config_of(config, None), run_id)
     target = Target.of(config)
     if target.dataset != "instructions":
         raise ValueError(f"instructions.target names the {target.dataset} dataset: run the pipeline to make it")

@@ -2,7 +2,7 @@
 
     seeds → instruction rounds ─┬─► responses → (revisions) → judgments → pairs     one chain per batch,
                                 └─► ...                                            streaming
-          → datasets → manifest
+          → review (a person approves a sample) → datasets → manifest
 
 Instruction rounds run one after another (each dedups against the pool before it). Every batch of kept
 instructions goes on at once through its own chain of tasks, each waiting only for its own upstream batch, while
@@ -17,17 +17,20 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from alignflow import review
 from alignflow.config import PipelineConfig
 from alignflow.llm import endpoint
-from alignflow.run import Run, new_run_id
+from alignflow.run import Run
 from alignflow.stages import pipeline_stages
 from alignflow.responses import Plan
 from alignflow.step import BatchRef
 from alignflow.target import COUNTED_BY, Target
+from flows import deployed
 from flows.batches import writing
 from flows.instructions import Rounds
+from flows.review import review_stages
 from tasks.constitution import write_cai_datasets
-from tasks.gate import final_state, publish_traffic
+from tasks.gate import QUARANTINE_STATE, announce_completed, final_state, publish_summary, publish_traffic
 from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
@@ -100,11 +103,22 @@ def enough(target: Target, rounds: Rounds, chains: Chains) -> bool:
     return target.count(chains.finished(stage)) >= target.rows
 
 
-@flow(name="pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS))
-def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_change: list[str] | None = None) -> dict:
-    """Every stage on one run id; returns the manifest. The same run id resumes from the batches in the store;
-    `allow_config_change` names the stages a changed config may make again."""
-    run = Run(config, run_id or new_run_id())
+@flow(name="pipeline", task_runner=ThreadPoolTaskRunner(max_workers=WORKERS), flow_run_name=deployed.flow_run_name,
+      persist_result=True)
+def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_change: list[str] | None = None,
+             overrides: list[str] | None = None) -> dict:
+    """Every stage on one run id; returns the manifest.
+
+    Args:
+        config: the pipeline's settings. Started from a deployment, the keys given here are merged over the
+            deployment's config, so a caller sends only what it changes.
+        run_id: the run to make or resume: the same run id resumes from the batches in the store. Empty: a new
+            run, whose id comes from this flow run, so Retry resumes it.
+        allow_config_change: stages a changed config may make again on a resumed run (others refuse).
+        overrides: dotted `KEY=VALUE` settings applied last, as `alignflow run --set` takes them.
+    """
+    run = Run(deployed.config_of(config, overrides), deployed.run_id_of(run_id))
+    deployed.tag(run.run_id)
     with writing(run):
         return _pipeline(run, allow_config_change)
 
@@ -125,11 +139,18 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
         summary = write_manifest(run, {"stopped": f"{stopped}; resume with a higher llm.budget_usd",
                                        "endpoints": endpoint.traffic(config.llms())})
         publish_traffic(summary)
+        publish_summary(run.store, summary)
         return Completed(message=summary["stopped"], data=summary)
 
     run.prune("instructions", set(range(len(rounds.records))))
     for stage in chains.stages:
         run.prune(stage, set(range(len(chains.sizes))))
+    if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead
+        summary = write_manifest(run, {"stopped": f"waiting for review of {', '.join(waiting)}: `alignflow review "
+                                                  f"{run.url}` shows the sample and records the decision; then resume",
+                                       "review": review.summary(run)})
+        publish_summary(run.store, summary)
+        return Completed(name="Awaiting review", message=summary["stopped"], data=summary)
     datasets = write_datasets(run)
     if options:
         datasets |= write_cai_datasets(run)
@@ -137,6 +158,11 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
     if message := target.message(made, rounds.stopped_by):
         get_run_logger().warning(message)
     summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by), "stopped": None,
-                                   "endpoints": endpoint.traffic(config.llms())})
+                                   "endpoints": endpoint.traffic(config.llms()),
+                                   **({"review": review.summary(run)} if config.review.stages else {})})
     publish_traffic(summary)
-    return final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch
+    state = final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch
+    announce_completed(run.store, summary)
+    if state.name == QUARANTINE_STATE:
+        deployed.tag(run.run_id, "quarantine")
+    return state

@@ -6,6 +6,7 @@ from prefect import flow
 from alignflow.config import PipelineConfig
 from alignflow.run import Run
 from alignflow.step import BatchRef
+from flows import deployed
 from flows.batches import run_stage, writing
 
 
@@ -16,7 +17,7 @@ def _following(run: Run, stage: str) -> list[BatchRef]:
 @flow(name="judge")
 def judge_flow(config: PipelineConfig, run_id: str) -> int:
     """Judge every kept response of the run; returns how many judgments are kept."""
-    run = Run(config, run_id)
+    run = Run(deployed.config_of(config, None), run_id)
     with writing(run):
         return run_stage(run, "judgments", _following(run, "responses"))["kept"]
 
@@ -24,6 +25,6 @@ def judge_flow(config: PipelineConfig, run_id: str) -> int:
 @flow(name="pairs")
 def pairs_flow(config: PipelineConfig, run_id: str) -> dict[str, int]:
     """Pairs from every batch of judgments; returns rows per outcome."""
-    run = Run(config, run_id)
+    run = Run(deployed.config_of(config, None), run_id)
     with writing(run):
         return run_stage(run, "pairs", _following(run, "judgments"))

@@ -1,3 +1,4 @@
+import logging
 import os
 import socket
 from pathlib import Path
@@ -11,6 +12,10 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.chdir(ROOT)  # configs name paths relative to the project
+# Prefect's console log handler keeps the stream it was made with; under pytest that is one test's capture, closed
+# by the time a later record (e.g. the temporary server stopping) is written, and logging would print a
+# "--- Logging error ---" traceback into whichever test runs then. A real process never closes its stderr.
+logging.raiseExceptions = False
 
 
 @pytest.fixture(scope="session")

@@ -314,7 +314,8 @@ def test_publish_makes_an_artifact_and_an_event(prefect_server, store, texts):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    from tasks.gate import EVENT, final_state, publish
+    from alignflow.manifest import build
+    from tasks.gate import EVENT, QUARANTINE_STATE, final_state, publish
 
     @flow
     def stage_flow():
@@ -322,16 +323,16 @@ def test_publish_makes_an_artifact_and_an_event(prefect_server, store, texts):
         publish(good, "r-art")
         _, bad = write(store, "responses", 1, rejected=responses(texts, 8, text="", reason="empty response"))
         publish(bad, "r-art")
-        return final_state(store, RUN, {"run_id": RUN})
+        return final_state(store, RUN, build(store, RUN))
 
     state = stage_flow(return_state=True)
-    assert state.is_completed() and state.result() == {"run_id": RUN}  # the caller still gets the manifest
+    assert state.is_completed() and state.result()["run_id"] == RUN  # the caller still gets the manifest
 
     async def flow_run(client):
         return [await client.read_flow_run(state.state_details.flow_run_id)]
 
     shown = _read_back(flow_run)[0].state
-    assert shown.is_completed()
+    assert shown.is_completed() and shown.name == QUARANTINE_STATE  # completed, and seen to need a person
     assert shown.message.startswith("1 batch quarantined: responses/1 (expect_column_values_to_be_in_set(outcome)")
 
     async def artifacts(client):  # this flow run's: the server is shared with the session's other tests

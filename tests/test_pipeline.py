@@ -55,7 +55,8 @@ def test_run_writes_datasets_and_a_manifest_that_adds_up(tmp_path, capsys, provi
 
 def test_flaky_server_loses_no_row_and_a_rerun_sends_nothing(tmp_path):
     with LLMTestServer(p429=0.2, p500=0.05, seed=7) as server:
-        assert run_cli(server, tmp_path, "--set", "llm.max_retries=0") == 0
+        # with no retries a fifth of the requests fail: a small run can end with an empty dataset (exit 3)
+        assert run_cli(server, tmp_path, "--set", "llm.max_retries=0") in (0, 3)
         first = manifest_of(tmp_path)
         assert_adds_up(first)
         failed = sum(s["failed"] for s in first["stages"].values())

@@ -1,0 +1,97 @@
+"""The review step in Prefect: the sample as a table artifact, then the flow run suspends for a reviewer's form.
+
+Suspended, the run holds no worker: it ends, and when a person answers (the UI's form, or
+`POST /api/flow_runs/{id}/resume` with `run_input`) Prefect schedules it again, on any worker; it resumes from the
+store's checkpoints, so nothing is made again, and applies the decision. A run started without a deployment (the
+command line) cannot suspend: it stops before the datasets, and `alignflow review RUN_DIR` answers it.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.flow_runs import suspend_flow_run
+from prefect.input import RunInput
+from prefect.runtime import deployment, flow_run
+from pydantic import Field
+
+from alignflow import review
+from alignflow.run import Run
+
+
+class ReviewInput(RunInput):
+    """A reviewer's answer: what the form in the Prefect UI asks."""
+
+    decision: Literal["approve", "reject", "reject_rows"] = Field(
+        title="Decision", description="approve: the rows go into the datasets; reject: none of them do; reject_rows: "
+                                      "all but the rows listed below")
+    rows: list[str] = Field(default_factory=list, title="Rows to reject",
+                            description="with reject_rows: the `id` of each row to leave out (from the table above)")
+    note: str = Field("", title="Note", description="why; stored with the decision in the run's review.json")
+
+
+def review_stages(run: Run) -> list[str]:
+    """Each stage in `review.stages`, reviewed in turn. Returns the stages still waiting for a reviewer (only a run
+    started without a deployment has any: it stops there)."""
+    waiting = []
+    for stage in run.config.review.stages:
+        if not _decided(run, stage):
+            waiting.append(stage)
+            continue
+        if moved := review.apply(run, stage):
+            get_run_logger().info("review: %d %s rows rejected by the reviewer", moved, stage)
+    return waiting
+
+
+def _decided(run: Run, stage: str) -> bool:
+    entry = review.request(run, stage, flow_run.id if deployment.id else None)  # only a deployment's run suspends
+    if "decision" in entry:
+        return True
+    config = run.config.review
+    left = review.seconds_left(entry)
+    if left <= 0:
+        review.decide(run.store, run.run_id, stage, config.on_timeout,
+                      note=f"nobody answered within {config.timeout_h:g} h", by="timeout")
+        return True
+    _publish(run, stage, entry)
+    if deployment.id is None:
+        return False
+    problem = ""
+    while True:  # an answer that cannot be recorded (an unknown row id) is asked again, saying why
+        asked = entry.get("asked", 0)
+        form = ReviewInput.with_initial_data(description=problem + _ask(run, stage, entry))
+        answer = suspend_flow_run(wait_for_input=form, timeout=int(max(left, 1)), key=f"review-{stage}-{asked}")
+        if "decision" in review.read(run.store, run.run_id)[stage]:  # answered from the command line meanwhile
+            return True
+        try:
+            review.decide(run.store, run.run_id, stage, answer.decision, answer.rows, answer.note, by="prefect")
+            return True
+        except review.ReviewError as exc:
+            get_run_logger().warning("review: %s; asking again", exc)
+            problem = f"**The last answer was not recorded: {exc}.**\n\n"
+            entry = review.ask_again(run.store, run.run_id, stage)
+
+
+def _publish(run: Run, stage: str, entry: dict) -> None:
+    rows = review.sample_rows(run.store, run.run_id, stage)
+    create_table_artifact(table=[{k: _short(v) for k, v in row.items()} for row in rows.to_dicts()],
+                          key=f"review-{stage}",
+                          description=f"run {run.run_id}: {len(entry['sample'])} of {entry['rows']} {stage} rows "
+                                      f"for review")
+
+
+def _ask(run: Run, stage: str, entry: dict) -> str:
+    return (f"### Review {stage} of run `{run.run_id}`\n\n{len(entry['sample'])} of the {entry['rows']} rows are in "
+            f"the `review-{stage}` table artifact of this flow run; all of them are in `{run.url}/{stage}/kept`. "
+            f"Approve them, reject the stage, or reject the rows you list by id. Without an answer by "
+            f"{entry['requested']} + {run.config.review.timeout_h:g} h, the run decides "
+            f"`{run.config.review.on_timeout}`.")
+
+
+def _short(value, limit: int = 400):
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "…"
+    return value
