@@ -85,15 +85,22 @@ def run(size: int, llm_url: str, api_url: str, store: Path, dedup: str) -> dict:
             "rounds_s": sum(r["finished"] - r["started"] for r in rounds)}
 
 
+def cap(manifest: dict) -> str:
+    """The endpoint's concurrency cap, lowest / at the end: the adaptive limit must not throttle a healthy server."""
+    endpoint = manifest["endpoints"][0]
+    return f"{endpoint['lowest_cap']}/{endpoint['cap_now']}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     parser.add_argument("--dedup", choices=["rouge", "minhash"], default="rouge")
     args = parser.parse_args()
     print(f"whole pipeline, zero-latency loopback server, dedup {args.dedup}; 'rounds s' is the instruction rounds'")
-    print("share (their novelty dedup grows with the pool); 'rest ms/instr.' is the wall time outside them")
+    print("share (their novelty dedup grows with the pool); 'rest ms/instr.' is the wall time outside them; 'cap' is the")
+    print("endpoint's adaptive concurrency cap, lowest/at the end, of 64")
     print(f"{'instructions':>12} {'requests':>9} {'wall s':>8} {'ms/instr.':>9} {'vs first':>8} {'rounds s':>8} "
-          f"{'rest ms/instr.':>14} {'vs first':>8} {'peak MB':>8} {'dpo rows':>8}", flush=True)
+          f"{'rest ms/instr.':>14} {'vs first':>8} {'peak MB':>8} {'dpo rows':>8} {'cap':>7}", flush=True)
     first = None
     with tempfile.TemporaryDirectory() as tmp, LLMTestServer() as llm:
         prefect, api_url = start_prefect(Path(tmp) / "prefect")
@@ -105,7 +112,7 @@ def main() -> None:
                 requests = sum(s.get("requests", 0) for s in r["manifest"]["stages"].values())
                 print(f"{size:>12,} {requests:>9,} {r['wall']:>8.1f} {per:>9.2f} {per / first[0]:>7.2f}x "
                       f"{r['rounds_s']:>8.1f} {rest:>14.2f} {rest / first[1]:>7.2f}x {r['peak_mb']:>8.0f} "
-                      f"{r['manifest']['datasets'].get('dpo', 0):>8,}", flush=True)
+                      f"{r['manifest']['datasets'].get('dpo', 0):>8,} {cap(r['manifest']):>7}", flush=True)
         finally:
             prefect.terminate()
             prefect.wait()

@@ -78,6 +78,17 @@ def test_many_429s_cut_the_cap_and_a_few_random_ones_do_not():
     assert limits.cap == cut  # a probe that meets more than a few 429s goes back
 
 
+def test_a_server_slowing_down_is_backed_off_but_a_fast_one_under_a_busy_client_is_not():
+    fast = Limits(64)
+    for latency in [0.002] * 20 + [0.05, 0.2, 0.12] * 200:  # loopback: milliseconds, then the client's own lag
+        fast.succeeded(latency)
+    assert fast.cap == 64 and fast.stats.cuts == 0
+    slowing = Limits(64)
+    for latency in [0.3] * 20 + [3.0] * 40:  # a vLLM server over its capacity: ten times slower, never a 429
+        slowing.succeeded(latency)
+    assert slowing.cap < 64 and slowing.stats.cuts >= 1
+
+
 def test_a_429_to_a_request_sent_before_the_last_cut_cuts_nothing_more():
     limits = Limits(32)
     burst = time.monotonic()

@@ -9,7 +9,8 @@
   configured cap), and a probe above the held cap that meets more than a few 429s goes back to it. Random 429s
   (a blip, a provider shedding load) are rarely that many, so they do not slow a run; a server over its
   capacity answers many, and is backed off within a round trip. A server that never answers 429 (a proxy,
-  vLLM) but slows down under load is backed off too, when latency climbs far above the fastest seen.
+  vLLM) but slows down under load is backed off too, when latency climbs far above the fastest seen (and above
+  a second per 100 tokens: a fast server's latency also grows with the client's own load).
 - Rate-limit headers (`x-ratelimit-remaining-*`, `anthropic-ratelimit-*-remaining`) that report a budget spent
   pause new requests until its reset.
 
@@ -33,7 +34,11 @@ JUDGED_FROM = 8  # answers needed before the share means anything
 OVERLOAD = 0.30  # more 429s than this share: the server is over its capacity (random ones are rarely this many)
 PROBE_FAILS = 0.15  # above the load refused before, this share of 429s ends a probe; below it the cap may grow
 PROBE_S = 30.0  # after a cut, the cap is held under the load refused this long, then probes again
-SLOW = 4.0  # latency this many times the fastest seen means the server is overloaded
+SLOW = 4.0  # latency this many times the fastest seen means the server is overloaded ...
+# ... unless it is still this fast (per 100 tokens): a loopback server's few milliseconds grow tenfold from the
+# client's own load (its event loop busy with answers), which backing off cannot help, and a cap cut to 1 then
+# stays there, as latency never falls back to a few milliseconds
+SLOW_FLOOR_S = 0.25
 SLOW_SAMPLES = 20  # latencies seen before the fastest is trusted
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 
@@ -174,7 +179,7 @@ class Limits:
         self._latencies += 1
         self._fastest = latency_s if self._fastest is None else min(self._fastest, latency_s)
         self._slow_ewma = latency_s if self._slow_ewma is None else 0.9 * self._slow_ewma + 0.1 * latency_s
-        if self._latencies >= SLOW_SAMPLES and self._slow_ewma > SLOW * max(self._fastest, 0.01):
+        if self._latencies >= SLOW_SAMPLES and self._slow_ewma > SLOW * max(self._fastest, SLOW_FLOOR_S):
             if time.monotonic() - self._last_cut > max(self._slow_ewma, 1.0):
                 self._cut(self.cap * 0.8)
             return
