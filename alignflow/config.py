@@ -5,12 +5,13 @@ names the environment variable that holds one.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 Provider = Literal["openai", "anthropic", "local"]
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -21,57 +22,65 @@ class ConfigError(Exception):
     """A user error in the configuration: printed as one line."""
 
 
+# Titles the Prefect form shows; any other field is titled from its name ("max_words" -> "Max words").
+TITLES = {"llm": "LLM", "rpm": "Requests per minute", "tpm": "Tokens per minute", "input_tpm": "Input tokens per minute",
+          "output_tpm": "Output tokens per minute", "timeout_s": "Timeout (seconds)", "base_url": "Base URL",
+          "api_key_env": "API key variable", "batch_poll_s": "Batch poll interval (seconds)",
+          "budget_usd": "Budget (USD)", "max_tokens": "Max tokens", "timeout_h": "Timeout (hours)",
+          "shown_machine": "Shown from the machine pool", "both_orders": "Judge in both orders",
+          "min_margin": "Minimum margin", "confirm_with_judge": "Confirm with the judge", "on_timeout": "On timeout",
+          "on_failure": "On failure", "dir": "Directory", "evol": "Evol-Instruct", "seed": "Sampling seed",
+          "shingle_size": "Shingle size", "per_round": "Per round", "ask": "Ask in the UI"}
+
+
+def _title(name: str, _info: Any) -> str:
+    return TITLES.get(name) or name.replace("_", " ").capitalize()
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, field_title_generator=_title)
 
 
 URL = r"^https?://[^\s/$.?#][^\s]*$"
 
 
-class LLMOverride(Strict):
-    """Any subset of the LLM settings; a stage's `llm` overrides the top-level one key by key."""
-
-    provider: Provider | None = None
-    model: str | None = None
-    base_url: str | None = Field(None, pattern=URL)
-    api_key_env: str | None = None
-    max_concurrency: int | None = Field(None, ge=1, le=1024)
-    rpm: int | None = Field(None, ge=1, le=10_000_000)
-    tpm: int | None = Field(None, ge=1, le=10_000_000_000)
-    input_tpm: int | None = Field(None, ge=1, le=10_000_000_000)
-    output_tpm: int | None = Field(None, ge=1, le=10_000_000_000)
-    limit_name: str | None = None
-    mode: Literal["live", "batch"] | None = None
-    batch_poll_s: float | None = Field(None, gt=0, le=3600)
-    timeout_s: float | None = Field(None, gt=0, le=3600)
-    max_retries: int | None = Field(None, ge=0, le=20)
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
-    structured_retries: int | None = Field(None, ge=0, le=10)
-
-
 class LLMConfig(Strict):
-    provider: Provider = "local"
-    model: str | None = None
-    base_url: str | None = Field(None, pattern=URL, description="an OpenAI- or Anthropic-compatible endpoint, http(s)://")
-    api_key_env: str | None = None
-    max_concurrency: int = Field(8, ge=1, le=1024)
-    rpm: int | None = Field(None, ge=1, le=10_000_000, description="requests per minute to the endpoint, in every 60-second window")
-    tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="tokens (in + out) per minute")
-    input_tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="input tokens per minute (Anthropic limits them apart)")
-    output_tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="output tokens per minute")
+    """The model a stage asks, and how: provider, endpoint, limits, retries, sampling."""
+
+    provider: Provider = Field("local", description="`openai` (any OpenAI-compatible server, with `base_url`), "
+                                                    "`anthropic`, or `local` (the bundled model, on the CPU)")
+    model: str | None = Field(None, description="empty: per provider, `gpt-4o-mini`, `claude-3-5-haiku-latest` or the "
+                                                "bundled `SmolLM2-135M-Instruct` (a `.gguf` path or model directory "
+                                                "also works)")
+    base_url: str | None = Field(None, pattern=URL, description="an OpenAI- or Anthropic-compatible endpoint, "
+                                                                "http(s)://; empty: the provider's")
+    api_key_env: str | None = Field(None, description="the environment variable holding the API key; empty: "
+                                                      "`OPENAI_API_KEY` or `ANTHROPIC_API_KEY`")
+    max_concurrency: int = Field(8, ge=1, le=1024, description="requests in flight at once to the endpoint "
+                                                               "(provider, base URL, model, key), whichever batch, "
+                                                               "stage or generator sends them")
+    rpm: int | None = Field(None, ge=1, le=10_000_000, description="requests per minute to the endpoint, held in "
+                                                                   "every 60-second window; empty: no limit")
+    tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="tokens (in + out) per minute; empty: no limit")
+    input_tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="input tokens per minute (Anthropic "
+                                                                             "limits them apart); empty: no limit")
+    output_tpm: int | None = Field(None, ge=1, le=10_000_000_000, description="output tokens per minute; empty: "
+                                                                              "no limit")
     limit_name: str | None = Field(None, description="a Prefect global concurrency limit every request holds a slot "
-                                                     "of, shared by every run on a Prefect server; `auto`: a name "
-                                                     "derived from the endpoint")
-    timeout_s: float = Field(120.0, gt=0, le=3600)
-    max_retries: int = Field(6, ge=0, le=20)
-    temperature: float = Field(0.7, ge=0, le=2)
-    max_tokens: int = Field(512, ge=1, le=1_000_000)
-    structured_retries: int = Field(2, ge=0, le=10)
-    mode: Literal["live", "batch"] = Field("live", description="batch: through the provider's Batch API, at its "
-                                                              "discount, answers within hours")
-    budget_usd: float | None = Field(None, gt=0, le=1_000_000, description="the run stops, resumably, before it would spend more "
-                                                            "(priced by `prices`)")
+                                                     "of, shared by every run on the server; `auto`: a name derived "
+                                                     "from the endpoint; create it with `alignflow limits create`")
+    timeout_s: float = Field(120.0, gt=0, le=3600, description="per request")
+    max_retries: int = Field(6, ge=0, le=20, description="retries on 408/409/429/5xx and timeouts, exponential "
+                                                         "backoff with jitter, `Retry-After` honoured")
+    temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature")
+    max_tokens: int = Field(512, ge=1, le=1_000_000, description="the longest answer, in tokens")
+    structured_retries: int = Field(2, ge=0, le=10, description="asks again when a structured answer does not "
+                                                                "validate; then the row fails, keeping the raw output")
+    mode: Literal["live", "batch"] = Field("live", description="`batch`: through the provider's Batch API, at its "
+                                                               "discount, answers within hours")
+    budget_usd: float | None = Field(None, gt=0, le=1_000_000, description="the run stops, resumably (exit code 4), "
+                                                                           "before it could spend more (priced by "
+                                                                           "`prices`); empty: no budget")
     batch_poll_s: float = Field(30.0, gt=0, le=3600, description="how often a provider batch is polled (mode: batch)")
 
     @property
@@ -92,10 +101,28 @@ class LLMConfig(Strict):
             raise ConfigError(f"missing API key: set the environment variable {env} (provider {self.provider})")
         return key
 
-    def merged(self, override: LLMOverride | None) -> "LLMConfig":
+    def merged(self, override: "LLMOverride | None") -> "LLMConfig":
         if override is None:
             return self
         return self.model_copy(update=override.model_dump(exclude_none=True))
+
+
+def _every_field_optional(model: type[BaseModel], name: str, doc: str, leave_out: tuple[str, ...]) -> type[Strict]:
+    """`model` with each field optional and empty by default, its bounds and description kept: an override that
+    names only what it changes."""
+    fields = {}
+    for key, info in model.model_fields.items():
+        if key in leave_out:
+            continue
+        field = copy.copy(info)
+        field.default, field.default_factory = None, None
+        fields[key] = (info.annotation | None, field)
+    return create_model(name, __base__=Strict, __doc__=doc, __module__=__name__, **fields)
+
+
+LLMOverride = _every_field_optional(
+    LLMConfig, "LLMOverride", "Any subset of the LLM settings; a stage's `llm` overrides the top-level one key by key.",
+    leave_out=("budget_usd",))  # the budget is the run's, not a stage's
 
 
 DedupMethod = Literal["exact", "minhash", "rouge", "semantic"]
@@ -103,17 +130,22 @@ OnFailure = Literal["quarantine", "fail"]
 Aspect = Literal["helpfulness", "honesty", "instruction_following", "truthfulness", "overall"]
 Evolution = Literal["deepen", "concretize", "constrain", "reasoning", "breadth"]
 UF_PRINCIPLES = ("helpfulness", "honesty", "truthfulness")
+SELF_INSTRUCT_BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                           "draw", "plot", "go to"]
 
 
 class DedupConfig(Strict):
-    """Near-duplicate removal for a stage; `threshold` is the similarity above which a row is a duplicate."""
+    """Near-duplicate removal against everything the run kept; `threshold` is the similarity above which a row is a
+    duplicate."""
 
-    method: DedupMethod | None = "rouge"
-    threshold: float | None = Field(None, gt=0, le=1, description="default per method: rouge 0.7, minhash 0.8, semantic 0.9")
-    shingle: Literal["word", "char"] = "word"
-    shingle_size: int = Field(3, ge=1, le=32)
-    permutations: int = Field(128, ge=8, le=4096)
-    bands: int = Field(32, ge=1, le=4096)
+    method: DedupMethod | None = Field("rouge", description="`exact`, `minhash`, `rouge` (Self-Instruct's ROUGE-L), "
+                                                            "`semantic` (embeddings), or empty: none")
+    threshold: float | None = Field(None, gt=0, le=1, description="empty: per method, rouge 0.7, minhash 0.8, "
+                                                                  "semantic 0.9")
+    shingle: Literal["word", "char"] = Field("word", description="minhash: shingles of words or of characters")
+    shingle_size: int = Field(3, ge=1, le=32, description="minhash: words or characters per shingle")
+    permutations: int = Field(128, ge=8, le=4096, description="minhash: hash permutations per signature")
+    bands: int = Field(32, ge=1, le=4096, description="minhash: LSH bands (must divide permutations)")
 
     @model_validator(mode="after")
     def _bands_split_the_permutations(self) -> "DedupConfig":
@@ -125,30 +157,44 @@ class DedupConfig(Strict):
 class EvolConfig(Strict):
     """Evol-Instruct: rewrite accepted instructions into harder (in-depth) or new same-domain (breadth) ones."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="evolve accepted instructions each round")
     per_round: int = Field(4, ge=1, le=10_000, description="accepted instructions evolved per round")
-    evolutions: list[Evolution] = Field(default_factory=lambda: ["deepen", "concretize", "constrain", "reasoning", "breadth"],
-                                        min_length=1)
+    evolutions: list[Evolution] = Field(["deepen", "concretize", "constrain", "reasoning", "breadth"], min_length=1,
+                                        description="the rewrites drawn from: `deepen`, `concretize`, `constrain`, "
+                                                    "`reasoning` (in depth), `breadth`")
 
 
 class DatasetTarget(Strict):
     """Run until this many rows of a final dataset have passed every gate."""
 
-    dataset: Literal["instructions", "dpo", "sft"]
-    rows: int = Field(ge=1, le=10_000_000)
+    dataset: Literal["instructions", "dpo", "sft"] = Field(description="the dataset counted")
+    rows: int = Field(ge=1, le=10_000_000, description="rows of it to make")
 
 
 class InstructionsConfig(Strict):
+    """Self-Instruct rounds: prompts with in-context tasks, filters, novelty dedup, until the target is made."""
+
     target: Annotated[int, Field(ge=1, le=10_000_000)] | DatasetTarget = Field(
-        20, description="kept instructions to make, or {dataset: dpo, rows: N}: rows of a final dataset")
-    max_tokens: int | None = Field(None, ge=1, le=10**13, description="a budget: no new round once the run has used this many "
-                                                           "tokens (all stages)")
+        20, description="what the run makes: N kept instructions (the first N go on to responses), or "
+                        "`{dataset: dpo, rows: N}` (also `sft`, `instructions`): rounds go on until N rows of that "
+                        "dataset passed every gate")
+    max_tokens: int | None = Field(None, ge=1, le=10**13, description="a budget: no new round once the run has used "
+                                                                      "this many tokens (all stages); empty: none")
     per_prompt: int = Field(4, ge=1, le=20, description="new tasks asked for in one prompt")
-    prompts_per_round: int | None = Field(None, ge=1, le=10_000, description="prompts per round; default: the stage's "
-                                                                 "max_concurrency, so a round fills it")
+    prompts_per_round: int | None = Field(None, ge=1, le=10_000, description="prompts per round; empty: the stage's "
+                                                                             "max_concurrency, so a round fills it")
     shown: int = Field(8, ge=1, le=64, description="in-context tasks shown per prompt")
     shown_machine: int = Field(2, ge=0, le=64, description="of those, taken from the machine pool once it has them")
-    max_rounds: int = Field(10, ge=1, le=10_000)
+    max_rounds: int = Field(10, ge=1, le=10_000, description="a budget: no new round after this many; a target not "
+                                                             "reached is reported")
+    min_words: int = Field(4, ge=1, le=10_000, description="shorter instructions are rejected, with the reason")
+    max_words: int = Field(150, ge=1, le=10_000, description="longer instructions are rejected, with the reason")
+    blacklist: list[str] = Field(SELF_INSTRUCT_BLACKLIST, description="words an instruction is rejected for "
+                                                                      "(Self-Instruct's list: tasks a text model "
+                                                                      "cannot do)")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="novelty against every instruction kept")
+    evol: EvolConfig = Field(default_factory=EvolConfig, description="Evol-Instruct rewrites")
+    llm: LLMOverride | None = Field(None, description="this stage's model: any LLM keys over the top-level ones")
 
     @model_validator(mode="after")
     def _consistent(self) -> "InstructionsConfig":
@@ -165,37 +211,44 @@ class InstructionsConfig(Strict):
     @property
     def target_dataset(self) -> str:
         return "instructions" if isinstance(self.target, int) else self.target.dataset
-    min_words: int = Field(4, ge=1, le=10_000)
-    max_words: int = Field(150, ge=1, le=10_000)
-    blacklist: list[str] = Field(default_factory=lambda: ["image", "images", "graph", "graphs", "picture", "pictures",
-                                                          "file", "files", "map", "maps", "draw", "plot", "go to"])
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    evol: EvolConfig = Field(default_factory=EvolConfig)
-    llm: LLMOverride | None = None
 
 
 class ResponsesConfig(Strict):
-    per_instruction: int = Field(2, ge=1, le=64, description="samples per instruction from each model")
-    batch_size: int = Field(64, ge=1, le=100_000, description="instructions per batch; a batch goes on through judging and "
-                                                  "pairs as soon as it passes its gate")
-    models: list[LLMOverride] = Field(default_factory=list, description="generator models; empty: the stage's llm")
+    """Answers to each kept instruction from one or more generator models."""
+
+    per_instruction: int = Field(2, ge=1, le=64, description="distinct samples per instruction from each model (each "
+                                                             "its own request)")
+    batch_size: int = Field(64, ge=1, le=100_000, description="instructions per batch; batch n of responses, "
+                                                              "judgments and pairs covers the same instructions and "
+                                                              "goes on as soon as it passes its gate")
+    models: list[LLMOverride] = Field([], description="generator models, each any LLM keys over this stage's, e.g. "
+                                                      "`[{model: a}, {provider: anthropic, model: b}]`; empty: the "
+                                                      "stage's model")
     principles: list[Literal["helpfulness", "honesty", "truthfulness"]] = Field(
-        default_factory=list, description="UltraFeedback system principles, one drawn per sample; empty: none")
-    dedup: DedupConfig = Field(default_factory=lambda: DedupConfig(method=None))
-    llm: LLMOverride | None = None
+        [], description="UltraFeedback system principles, one drawn per sample; empty: none")
+    llm: LLMOverride | None = Field(None, description="this stage's model: any LLM keys over the top-level ones")
 
 
 class JudgeConfig(Strict):
-    aspects: list[Aspect] = Field(default_factory=lambda: ["helpfulness", "honesty", "instruction_following", "truthfulness"],
-                                  min_length=1)
+    """The AI judge (UltraFeedback): every response of an instruction rated 1-5 per aspect, with a rationale."""
+
+    aspects: list[Aspect] = Field(["helpfulness", "honesty", "instruction_following", "truthfulness"], min_length=1,
+                                  description="one call per aspect, showing all responses of an instruction shuffled: "
+                                              "`helpfulness`, `honesty`, `instruction_following`, `truthfulness`, "
+                                              "`overall`")
     both_orders: bool = Field(False, description="judge again in reversed order and average, against position bias")
-    llm: LLMOverride | None = None
+    llm: LLMOverride | None = Field(None, description="the judge model: any LLM keys over the top-level ones")
 
 
 class PairsConfig(Strict):
-    strategy: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = "best_vs_random"
-    min_margin: float = Field(0.5, ge=0, le=4)
-    format: Literal["string", "messages"] = "string"
+    """Preference pairs from the judge's ratings."""
+
+    strategy: Literal["best_vs_random", "best_vs_worst", "all_pairs"] = Field(
+        "best_vs_random", description="`best_vs_random` (UltraFeedback binarized), `best_vs_worst`, `all_pairs`")
+    min_margin: float = Field(0.5, ge=0, le=4, description="pairs whose rating difference is below this are rejected, "
+                                                           "with the reason")
+    format: Literal["string", "messages"] = Field("string", description="`messages`: TRL's conversational preference "
+                                                                        "format")
 
 
 GatedStage = Literal["instructions", "responses", "judgments", "pairs", "revisions", "cai_labels"]
@@ -204,11 +257,16 @@ GatedStage = Literal["instructions", "responses", "judgments", "pairs", "revisio
 class GateConfig(Strict):
     """Each batch is validated against `<suites>/<stage>.json`; a failing batch is quarantined or fails the run."""
 
-    enabled: bool = True
-    suites: str | None = Field(None, description="a directory of suite files; default: the suites alignflow ships")
-    on_failure: OnFailure = "quarantine"
-    stages: dict[GatedStage, OnFailure] = Field(default_factory=dict,
-                                                description="per-stage policy overriding on_failure")
+    enabled: bool = Field(True, description="validate every batch; a gated stage without its suite is an error "
+                                            "naming the path")
+    suites: str | None = Field(None, description="a directory of suite files; empty: the suites alignflow ships")
+    on_failure: OnFailure = Field("quarantine", description="`quarantine`: the batch is held and the run goes on; "
+                                                            "`fail`: the flow run fails naming the expectations")
+    stages: dict[GatedStage, OnFailure] = Field({}, description="per-stage policy overriding on_failure, e.g. "
+                                                                "`{responses: fail}`")
+    ask: bool = Field(True, description="in a run started from a deployment, wait (suspended: no worker held) for a "
+                                        "person to release or drop its quarantined batches in the Prefect UI before "
+                                        "the datasets are written; off: it ends `Completed with quarantine`")
 
     def policy(self, stage: str) -> OnFailure:
         return self.stages.get(stage, self.on_failure)
@@ -217,46 +275,62 @@ class GateConfig(Strict):
 class ConstitutionConfig(Strict):
     """Critique and revision against written principles (Constitutional AI, SL-CAI)."""
 
-    enabled: bool = False
-    file: str = "data/constitution.yaml"
-    rounds: int = Field(2, ge=1, le=16)
-    batch_size: int = Field(16, ge=1, le=100_000)
-    confirm_with_judge: bool = Field(False, description="keep a revision pair only if the judge prefers the revision")
-    llm: LLMOverride | None = None
+    enabled: bool = Field(False, description="critique and revise the responses by drawn principles")
+    file: str = Field("data/constitution.yaml", description="the principles; the paper's JSON loads too")
+    rounds: int = Field(2, ge=1, le=16, description="critique-revision rounds per answer")
+    batch_size: int = Field(16, ge=1, le=100_000, description="answers per batch")
+    confirm_with_judge: bool = Field(False, description="keep a revision pair only if the judge prefers the revision "
+                                                        "in both orders")
+    llm: LLMOverride | None = Field(None, description="the revising model: any LLM keys over the top-level ones")
 
 
 class ReviewConfig(Strict):
     """A person approves a stage's output before it becomes a dataset: a sample of its rows is shown (a Prefect
     form, or `alignflow review RUN_DIR`), and the stage is approved, rejected, or rid of the rows listed."""
 
-    stages: list[Literal["pairs"]] = Field(default_factory=list, description="stages whose output waits for a "
-                                           "reviewer before the datasets are written; empty: no review")
+    stages: list[Literal["pairs"]] = Field([], description="stages whose output waits for a reviewer before the "
+                                                           "datasets are written; empty: no review")
     sample: int = Field(20, ge=1, le=1000, description="rows shown to the reviewer, drawn with the run's seed")
     timeout_h: float = Field(24.0, gt=0, le=24 * 90, description="hours to wait for a decision")
     on_timeout: Literal["reject", "approve"] = Field("reject", description="the decision when nobody answers in time")
 
 
 class CacheConfig(Strict):
-    enabled: bool = True
-    dir: str = Field(default_factory=lambda: os.environ.get("ALIGNFLOW_CACHE_DIR", str(Path.home() / ".cache" / "alignflow")))
+    """The local request cache: a warm one answers repeated requests; a run resumes without it."""
+
+    enabled: bool = Field(True, description="cache every answer by its request")
+    dir: str | None = Field(None, description="empty: `$ALIGNFLOW_CACHE_DIR`, else `~/.cache/alignflow`, on the "
+                                              "machine that runs the batch")
+
+    @property
+    def location(self) -> str:
+        return self.dir or os.environ.get("ALIGNFLOW_CACHE_DIR") or str(Path.home() / ".cache" / "alignflow")
 
 
 class PipelineConfig(Strict):
-    store: str = "./runs"
-    seeds: str = "data/seed_tasks.jsonl"
-    seed: int | None = Field(None, description="sampling seed; default: derived from the run id, so every run "
-                                               "draws new samples. Set it to repeat a run's requests (and, with the "
-                                               "request cache, reuse their answers across run ids)")
-    llm: LLMConfig = Field(default_factory=LLMConfig)
-    instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)
-    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    pairs: PairsConfig = Field(default_factory=PairsConfig)
-    gate: GateConfig = Field(default_factory=GateConfig)
-    constitution: ConstitutionConfig = Field(default_factory=ConstitutionConfig)
-    review: ReviewConfig = Field(default_factory=ReviewConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
-    prices: str | None = Field(None, description="a YAML price table whose entries override the shipped one")
+    """Every setting of a run. Started from a deployment, the keys given are merged over the deployment's config."""
+
+    store: str = Field("./runs", description="where runs go: a local path (relative to the project) or "
+                                             "`s3://bucket/prefix` (credentials and endpoint from the `AWS_*` "
+                                             "variables)")
+    seeds: str = Field("data/seed_tasks.jsonl", description="seed tasks: Self-Instruct JSONL (`instruction`, optional "
+                                                            "`instances`) or one instruction per line")
+    seed: int | None = Field(None, description="the sampling seed of every request and draw; empty: derived from the "
+                                               "run id, so every run draws new samples. Set it to repeat a run's "
+                                               "requests (and, with the cache, reuse their answers across run ids)")
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="the model every stage asks unless it names its own")
+    instructions: InstructionsConfig = Field(default_factory=InstructionsConfig, description="Self-Instruct and "
+                                                                                             "Evol-Instruct rounds")
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig, description="the generator models")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="the AI judge")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="preference pairs")
+    gate: GateConfig = Field(default_factory=GateConfig, description="the data-quality gate on every batch")
+    constitution: ConstitutionConfig = Field(default_factory=ConstitutionConfig, description="Constitutional AI "
+                                                                                             "critique and revision")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="a person's review before release")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="the local request cache")
+    prices: str | None = Field(None, description="a YAML price table (USD per 1M tokens per provider and model) whose "
+                                                 "entries override the shipped `alignflow/prices.yaml`")
 
     @model_validator(mode="after")
     def _seeds_exist(self) -> "PipelineConfig":

@@ -133,13 +133,15 @@ class GateResult:
             lines += ["", f"Report: `{self.report_key}`"]
         if self.decision:
             lines += ["", f"Decision: {self.decision['action']} at {self.decision['at']}: {self.decision['reason']}"]
-        lines += ["", "| | expectation | rule | rows | result | examples |", "|---|---|---|---|---|---|"]
+        lines += ["", "| | expectation | rule | rows | result |", "|---|---|---|---|---|"]
         for c in sorted(self.checks, key=lambda c: c.success):
             where = condition_text(c.kwargs.get("row_condition")) or "all"
             result = "passed" if c.success else c.finding()
-            examples = ", ".join(f"`{_cell(e)}`" for e in c.examples)
-            lines.append(f"| {'✅' if c.success else '❌'} | {_cell(c.name())} | {_cell(c.rule())} | {_cell(where)} "
-                         f"| {_cell(result)} | {examples} |")
+            lines.append(f"| {'✅' if c.success else '❌'} | {cell(c.name())} | {cell(c.rule())} | {cell(where)} "
+                         f"| {cell(result)} |")
+        for c in self.failed:  # below the table, which then fits a screen
+            if c.examples:
+                lines += ["", f"Examples failing {cell(c.name())}:", *(f"- `{cell(e)}`" for e in c.examples)]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
@@ -245,8 +247,9 @@ def validate(stage: str, number: int, frame: pl.DataFrame, suite: Any, policy: s
         report = _run(batch_definition, data, suite, VERDICT)
         if not report["success"]:
             report = _run(batch_definition, data, suite, DETAILS)
-    ids = frame["id"].to_list() if "id" in frame.columns else None
-    checks = [_check(r, ids) for r in report["results"]]
+    rows = frame.select([c for c in ("id", "error") if c in frame.columns]).to_dicts() if "id" in frame.columns \
+        else None
+    checks = [_check(r, rows) for r in report["results"]]
     outcomes = {o: n for o, n in frame["outcome"].value_counts(sort=True).iter_rows()} if frame.height else {}
     result = GateResult(stage=stage, batch=number, passed=bool(report["success"]), rows=frame.height, policy=policy,
                         checks=checks, outcomes=outcomes, content_hash=content_hash(frame))
@@ -258,7 +261,7 @@ def _run(batch_definition: Any, data: Any, suite: Any, result_format: dict) -> d
     return batch.validate(suite, result_format=result_format).to_json_dict()
 
 
-def _check(result: dict, ids: list | None) -> Check:
+def _check(result: dict, rows: list[dict] | None) -> Check:
     config, found = result["expectation_config"], result.get("result") or {}
     kwargs = {k: v for k, v in config["kwargs"].items() if k != "batch_id"}
     column = kwargs.get("column") or ", ".join(kwargs.get("column_list") or []) or \
@@ -267,8 +270,9 @@ def _check(result: dict, ids: list | None) -> Check:
     missing = ((found.get("details") or {}).get("mismatched") or {}).get("missing")  # columns absent from the batch
     examples = found.get("partial_unexpected_list") or missing or []
     index = found.get("partial_unexpected_index_list") or []
-    if ids is not None and index and not isinstance(index[0], dict):
-        examples = [{"id": ids[i], "value": v} for i, v in zip(index, examples)]
+    if rows is not None and index and not isinstance(index[0], dict):  # each example's row id, and its error if any
+        examples = [{"id": rows[i]["id"], "value": v, **({"error": rows[i]["error"]} if rows[i].get("error") else {})}
+                    for i, v in zip(index, examples)]
     notes = (config.get("meta") or {}).get("notes") or ""
     return Check(type=config["type"], column=column, kwargs=kwargs, success=bool(result["success"]),
                  unexpected_count=found.get("unexpected_count"), unexpected_percent=found.get("unexpected_percent"),
@@ -345,5 +349,8 @@ def _number(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as one line of a markdown table cell; an example as `id: value (error)`."""
+    if isinstance(value, dict) and "id" in value:  # an example: `id: value (error)`
+        value = f"{value['id']}: {value.get('value')}" + (f" ({value['error']})" if value.get("error") else "")
     return str(value).replace("|", "\\|").replace("\n", " ")[:160]

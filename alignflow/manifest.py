@@ -150,7 +150,9 @@ def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None
     stage and outcome, tokens and cost, reviews, and what waits in quarantine."""
     lines = [f"## alignflow run `{manifest['run_id']}`", "", f"- run directory: `{run_url}`",
              f"- manifest: `{run_url}/manifest.json`", f"- cost: {dollars(manifest.get('cost_usd'))}, tokens "
-             f"{manifest['tokens']['input_tokens']:,} in / {manifest['tokens']['output_tokens']:,} out"]
+             f"{manifest['tokens']['input_tokens']:,} in / {manifest['tokens']['output_tokens']:,} out (by model and "
+             "endpoint: the `traffic` artifact)",
+             "- each batch's gate verdict: its `gate-<stage>-<batch>` artifact (batches q.: how many were quarantined)"]
     if manifest.get("stopped"):
         lines.append(f"- **stopped**: {manifest['stopped']}")
     if quarantine:

@@ -122,6 +122,26 @@ def drop(store: Store, run_id: str, name: str, reason: str) -> dict:
     return _decide(store, run_id, name, "drop", reason)
 
 
+def decide_all(store: Store, run_id: str, releasing: list[str], dropping: list[str], reason: str) -> list[dict]:
+    """Several decisions at once, all or none: a form answered in the Prefect UI is recorded whole, or not at all
+    and asked again, saying what was wrong."""
+    both = set(map(parse_batch, releasing)) & set(map(parse_batch, dropping))
+    if both:
+        raise QuarantineError(f"{', '.join(f'{s}/{n}' for s, n in sorted(both))} cannot be both released and dropped")
+    if not reason.strip():
+        raise QuarantineError("a reason is required: say why (it is recorded with each decision)")
+    for name, action in [*((n, "release") for n in releasing), *((n, "drop") for n in dropping)]:
+        entry = find(store, run_id, name)
+        if not entry.in_quarantine or entry.result is None or entry.status.startswith(PAST[action]):
+            raise QuarantineError(f"{entry.name} is {entry.status}: it cannot be {PAST[action]}")
+    return [*(release(store, run_id, n, reason) for n in releasing), *(drop(store, run_id, n, reason) for n in dropping)]
+
+
+def undecided(store: Store, run_id: str) -> list[Entry]:
+    """Batches in quarantine nobody has decided on yet."""
+    return [e for e in entries(store, run_id) if e.status == "quarantined"]
+
+
 SHOWN = 5  # batches named in a state message; `alignflow quarantine list` has them all
 
 

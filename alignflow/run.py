@@ -66,7 +66,7 @@ class Run:
 
     @cached_property
     def cache(self) -> RequestCache | None:
-        return RequestCache(self.config.cache.dir) if self.config.cache.enabled else None
+        return RequestCache(self.config.cache.location) if self.config.cache.enabled else None
 
     @property
     def url(self) -> str:

@@ -2,7 +2,7 @@
 
     seeds → instruction rounds ─┬─► responses → (revisions) → judgments → pairs     one chain per batch,
                                 └─► ...                                            streaming
-          → review (a person approves a sample) → datasets → manifest
+          → quarantined batches decided by a person → review (a person approves a sample) → datasets → manifest
 
 Instruction rounds run one after another (each dedups against the pool before it). Every batch of kept
 instructions goes on at once through its own chain of tasks, each waiting only for its own upstream batch, while
@@ -10,6 +10,7 @@ later rounds are still generating. Every batch passes its gate before the next s
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -28,13 +29,16 @@ from alignflow.target import COUNTED_BY, Target
 from flows import deployed
 from flows.batches import writing
 from flows.instructions import Rounds
+from flows.quarantine import ask_about_quarantine
 from flows.review import review_stages
 from tasks.constitution import write_cai_datasets
-from tasks.gate import QUARANTINE_STATE, announce_completed, final_state, publish_summary, publish_traffic
+from tasks.report import (QUARANTINE_STATE, RunProgress, announce_completed, final_state, publish_summary,
+                          publish_traffic)
 from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
 WORKERS = 16
+TICK_S = 2.0  # how often the progress artifact is brought up to date while the chains finish
 
 
 class Chains:
@@ -73,12 +77,20 @@ class Chains:
     def tokens(self) -> int:
         return sum(r["input_tokens"] + r["output_tokens"] for stage in self.stages for r in self.finished(stage))
 
-    def wait(self) -> str | None:
-        """Every batch settled. Raises the first failure; returns why the budget stopped the run, if it did."""
+    def settled(self) -> float:
+        """The share of the batches submitted so far that are done."""
+        every = [f for stage in self.stages for f in self.futures[stage]]
+        return sum(f.wrapped_future.done() for f in every) / len(every) if every else 0.0
+
+    def wait(self, tick: Callable[[], None] = lambda: None) -> str | None:
+        """Every batch settled, `tick` called every few seconds meanwhile. Raises the first failure; returns why the
+        budget stopped the run, if it did."""
         stopped = None
         for stage in self.stages:
             for future in self.futures[stage]:
-                future.wait()
+                while not future.wrapped_future.done():
+                    future.wait(timeout=TICK_S)
+                    tick()
                 state = future.state
                 if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
                     stopped = stopped or state.message.removeprefix(STOPPED_BY_BUDGET)
@@ -132,9 +144,15 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
     chains = Chains(run, options)
     rounds = Rounds(run, target, enough=lambda: enough(target, rounds, chains),
                     tokens=lambda: rounds.spent_tokens + chains.tokens())
+    progress = RunProgress(run.run_id)
+
+    def show() -> None:  # the rounds toward the target are the first 30%, the batches after them the rest
+        progress.update(0.3 * min(1.0, rounds.kept / target.rows) + 0.7 * chains.settled())
+
     for record in rounds:
         chains.add(record)
-    if stopped := rounds.stopped_by_budget or chains.wait():  # stop cleanly: the same run id resumes
+        show()
+    if stopped := rounds.stopped_by_budget or chains.wait(show):  # stop cleanly: the same run id resumes
         chains.wait()
         summary = write_manifest(run, {"stopped": f"{stopped}; resume with a higher llm.budget_usd",
                                        "endpoints": endpoint.traffic(config.llms())})
@@ -145,6 +163,8 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
     run.prune("instructions", set(range(len(rounds.records))))
     for stage in chains.stages:
         run.prune(stage, set(range(len(chains.sizes))))
+    if ask_about_quarantine(run):  # a person released batches: make what follows from them, then go on
+        return _pipeline(run, allow_config_change)
     if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead
         summary = write_manifest(run, {"stopped": f"waiting for review of {', '.join(waiting)}: `alignflow review "
                                                   f"{run.url}` shows the sample and records the decision; then resume",
@@ -161,6 +181,7 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
                                    "endpoints": endpoint.traffic(config.llms()),
                                    **({"review": review.summary(run)} if config.review.stages else {})})
     publish_traffic(summary)
+    progress.update(1.0)
     state = final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch
     announce_completed(run.store, summary)
     if state.name == QUARANTINE_STATE:

@@ -7,6 +7,7 @@ command line) cannot suspend: it stops before the datasets, and `alignflow revie
 """
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from prefect import get_run_logger
@@ -82,11 +83,22 @@ def _publish(run: Run, stage: str, entry: dict) -> None:
 
 
 def _ask(run: Run, stage: str, entry: dict) -> str:
-    return (f"### Review {stage} of run `{run.run_id}`\n\n{len(entry['sample'])} of the {entry['rows']} rows are in "
-            f"the `review-{stage}` table artifact of this flow run; all of them are in `{run.url}/{stage}/kept`. "
-            f"Approve them, reject the stage, or reject the rows you list by id. Without an answer by "
-            f"{entry['requested']} + {run.config.review.timeout_h:g} h, the run decides "
-            f"`{run.config.review.on_timeout}`.")
+    """The form's text: what to decide, by when, and the sampled rows themselves."""
+    rows = review.sample_rows(run.store, run.run_id, stage)
+    shown = [c for c in ("id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected") if c in rows.columns]
+    table = [f"| {' | '.join(shown)} |", "|" + "---|" * len(shown)]
+    table += [f"| {' | '.join(_cell(row[c]) for c in shown)} |" for row in rows.to_dicts()]
+    deadline = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["deadline"]))
+    return (f"### Review {stage} of run `{run.run_id}`\n\n{len(entry['sample'])} of the {entry['rows']} rows, drawn "
+            f"at random (all of them: `{run.url}/{stage}/kept`; these in full: the `review-{stage}` artifact). "
+            f"Approve them, reject the stage, or reject the rows you list by id. With no answer by {deadline}, the "
+            f"run decides `{run.config.review.on_timeout}`.\n\n" + "\n".join(table) + "\n")
+
+
+def _cell(value, limit: int = 90) -> str:
+    text = f"{value:.2f}" if isinstance(value, float) else str(value)
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text[:limit] + "…" if len(text) > limit else text
 
 
 def _short(value, limit: int = 400):

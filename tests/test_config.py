@@ -50,3 +50,22 @@ def test_api_key_comes_from_the_named_environment_variable(monkeypatch):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("nope.yaml")
+
+
+def test_every_setting_is_described_and_the_readme_table_is_the_generated_one():
+    from pathlib import Path
+
+    from alignflow import reference
+
+    assert all(meaning for _, _, meaning in reference.rows())
+    assert reference.block() in Path("README.md").read_text(), "run: python -m alignflow.reference README.md"
+
+
+def test_a_partial_config_deep_merges_and_dotted_overrides_come_last():
+    from alignflow.config import overridden
+
+    base = {"store": "./runs", "llm": {"provider": "local", "max_tokens": 160}, "judge": {"aspects": ["honesty"]}}
+    config = overridden(base, {"llm": {"provider": "openai", "model": "m"}}, ["llm.max_tokens=64", "seed=3"])
+    assert (config.llm.provider, config.llm.model, config.llm.max_tokens, config.seed) == ("openai", "m", 64, 3)
+    assert config.judge.aspects == ["honesty"] and config.store == "./runs"
+    assert base["llm"] == {"provider": "local", "max_tokens": 160}  # the deployment's config is not changed

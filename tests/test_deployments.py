@@ -1,5 +1,6 @@
 """alignflow on a Prefect server as its users run it: `alignflow deploy`, a process worker, runs started through the
 REST API with a partial config, a review answered through the API, the run found by its caller, Retry resuming."""
+import contextlib
 import json
 import os
 import re
@@ -38,7 +39,8 @@ def prefect_api(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "1"}
+           "PREFECT_SERVER_SERVICES_PAUSE_EXPIRATIONS_LOOP_SECONDS": "1",
+           "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api"}
     env.pop("PREFECT_API_URL", None)
     server = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,6 +90,70 @@ def deployed(prefect_api, project, tmp_path_factory):
         worker.wait(30)
 
 
+SCREENSHOTS = Path(os.environ.get("ALIGNFLOW_SCREENSHOTS", "/tmp/alignflow-screenshots"))
+CHROMIUM = "/usr/bin/chromium"  # Debian's package: `apt-get install chromium` (make test does it as root)
+
+
+@contextlib.contextmanager
+def ui(api: API):
+    """A page of the server's UI in headless Chromium."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"no {CHROMIUM}: install Debian's chromium package to run the UI tests")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(60_000)
+        page.base = str(api.base_url).removesuffix("/api/").removesuffix("/api")
+        try:
+            yield page
+        finally:
+            browser.close()
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / name)
+
+
+def resume_form(page, flow_run_id: str):
+    """The paused run's page, with its Resume form open."""
+    page.goto(f"{page.base}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
+    page.get_by_role("button", name="Resume").first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="Submit").wait_for()
+    return dialog
+
+
+def submit(dialog) -> None:
+    """Submit the form, as a person would again if the server was busy (the form stays open on an error)."""
+    for _ in range(3):
+        dialog.get_by_role("button", name="Submit").click()
+        try:
+            dialog.wait_for(state="hidden", timeout=20_000)
+            return
+        except Exception:  # playwright's TimeoutError: still open
+            continue
+    pytest.fail("the resume form did not close after three submits")
+
+
+def choose(page, dialog, option: str) -> None:
+    """Pick an option of the form's (only) select: it opens from the keyboard."""
+    dialog.locator("button.p-select-button__control").first.focus()
+    page.keyboard.press("ArrowDown")
+    page.locator(".p-select-options").get_by_role("option", name=option, exact=True).click()
+
+
+def fill_list(page, dialog, items: list[str]) -> None:
+    """Fill the form's first list field, an item at a time (each is a text box, before the form's later fields)."""
+    for index, item in enumerate(items):
+        dialog.get_by_role("button", name="Add item").first.click()
+        dialog.locator("textarea").nth(index).fill(item)
+
+
 def deployment_id(api: API, name: str) -> str:
     return api.get(f"/deployments/name/{name}").raise_for_status().json()["id"]
 
@@ -108,7 +174,7 @@ def artifact(api: API, flow_run_id: str, key: str) -> dict:
     found = api.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [flow_run_id]},
                                                                "key": {"any_": [key]}}}).raise_for_status().json()
     assert found, f"no {key} artifact on flow run {flow_run_id}"
-    return found[0]
+    return max(found, key=lambda a: a["updated"])  # a resumed run makes its artifacts again: the latest
 
 
 def test_deployed_run_with_a_partial_config_waits_for_review_resumes_through_the_api_and_is_found(deployed, project,
@@ -156,6 +222,7 @@ def test_deployed_run_with_a_partial_config_waits_for_review_resumes_through_the
         manifest = json.loads(Path(re.search(r"\]\((.+)\)$", link["data"])[1]).read_text())
         assert manifest["run_id"] == run_id and manifest["datasets"]["dpo"] > 0
         assert f"`{store / run_id}/datasets/dpo.parquet`" in artifact(api, flow_run_id, "run-summary")["data"]
+        assert artifact(api, flow_run_id, "run-progress")["data"] == 100
         assert set(manifest["stages"]["judgments"]["by_model"]) == {"openai:m"}
         judged = pl.read_parquet(store / run_id / "judgments/kept/*.parquet")
         assert judged["honesty"].is_not_null().all() and judged["truthfulness"].is_null().all()  # quickstart's 2
@@ -210,3 +277,108 @@ def test_a_review_nobody_answers_takes_on_timeout_when_the_failed_run_is_retried
     decision = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["decision"]
     assert decision["action"] == "approve" and decision["by"] == "timeout"
     assert pl.read_parquet(store / run_id / "datasets/dpo.parquet").height > 0
+
+
+def test_a_quarantined_batch_fires_the_shipped_automation_and_is_released_from_the_ui_form(deployed, tmp_path):
+    from alignflow.quarantine import undecided
+    from alignflow.store import Store
+
+    api = deployed
+    suites = tmp_path / "suites"
+    shutil.copytree(ROOT / "alignflow/suites", suites)
+    suite = json.loads((suites / "responses.json").read_text())
+    for expectation in suite["expectations"]:
+        if expectation["type"] == "expect_column_value_lengths_to_be_between":
+            expectation["kwargs"]["max_value"] = 40  # the test server's answers are longer: every batch fails
+    (suites / "responses.json").write_text(json.dumps(suite))
+    store = tmp_path / "store"
+    pipeline = deployment_id(api, "pipeline/on-demand")
+    with LLMTestServer() as llm:
+        partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
+                   "gate": {"suites": str(suites)}}
+        run = api.post(f"/deployments/{pipeline}/create_flow_run", json={"parameters": {"config": partial}})
+        assert run.status_code == 201, run.text
+        flow_run_id = run.json()["id"]
+        paused = wait_for(api, flow_run_id, "PAUSED")
+        run_id = next(t.removeprefix("run:") for t in paused["tags"] if t.startswith("run:"))
+        held = [e.name for e in undecided(Store(str(store)), run_id)]
+        assert held and all(name.startswith("responses/") for name in held)
+        form = api.get(f"/flow_runs/{flow_run_id}/input/suspended-quarantine-0-0-description").json()
+        assert f"**{held[0]}**" in form and "expect_column_value_lengths_to_be_between" in form
+
+        # the shipped automation fired on the event and paused the deployment that made the batch
+        deadline = time.time() + 60
+        while not api.get(f"/deployments/{pipeline}").json()["paused"]:
+            assert time.time() < deadline, "the quarantine automation did not pause the deployment"
+            time.sleep(1)
+
+        # a person releases the batches from the paused run's form in the UI
+        with ui(api) as page:
+            dialog = resume_form(page, flow_run_id)
+            assert f"{len(held)} batch" in dialog.inner_text() and held[0] in dialog.inner_text()
+            fill_list(page, dialog, held)
+            dialog.locator("textarea").last.fill("answers are long, not wrong")
+            screenshot(page, "quarantine-pause.png")
+            submit(dialog)
+        done = wait_for(api, flow_run_id, "COMPLETED")
+        api.post(f"/deployments/{pipeline}/resume_deployment").raise_for_status()
+    assert done["state"]["name"] == "Completed" and "quarantine" not in done["tags"]
+    manifest = json.loads((store / run_id / "manifest.json").read_text())
+    assert manifest["stages"]["responses"]["quarantine"] == 0 and manifest["datasets"]["dpo"] > 0
+    decisions = json.loads((store / run_id / "quarantine.json").read_text())["decisions"]
+    assert sorted(d["batch"] for d in decisions) == sorted(held)
+    assert {d["action"] for d in decisions} == {"release"} and decisions[0]["reason"] == "answers are long, not wrong"
+
+
+def test_the_run_form_shows_titles_descriptions_and_the_real_defaults(deployed):
+    api = deployed
+    with ui(api) as page:
+        page.goto(f"{page.base}/deployments/deployment/{deployment_id(api, 'pipeline/on-demand')}/run",
+                  wait_until="networkidle")
+        form = page.locator("body")
+        form.get_by_text("Requests per minute").first.wait_for()
+        text = form.inner_text()
+        values = page.eval_on_selector_all("input, textarea", "fields => fields.map(f => f.value)")
+        screenshot(page, "run-form.png")
+    for seen in ("LLM", "Requests per minute", "Timeout (seconds)", "API key variable", "Base URL",
+                 "where runs go: a local path", "requests per minute to the endpoint",
+                 "the run to make or resume: the same run id resumes"):
+        assert seen in text, seen
+    for raw in ("Llm (", "Timeout S (", "Rpm (", "Api Key Env"):
+        assert raw not in text, raw
+    # the deployment's config is configs/quickstart.yaml's values, and list defaults show their items
+    assert {"./runs", "data/seed_tasks.jsonl", "160", "go to"} <= set(values) and "concretize" in text
+
+
+def test_a_review_answered_from_the_ui_form(deployed, tmp_path):
+    api = deployed
+    store = tmp_path / "store"
+    with LLMTestServer() as llm:
+        partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
+                   "instructions": {"target": 20}, "review": {"stages": ["pairs"], "sample": 5}}
+        run = api.post(f"/deployments/{deployment_id(api, 'pipeline/on-demand')}/create_flow_run",
+                       json={"parameters": {"config": partial}})
+        assert run.status_code == 201, run.text
+        flow_run_id = run.json()["id"]
+        paused = wait_for(api, flow_run_id, "PAUSED")
+        run_id = next(t.removeprefix("run:") for t in paused["tags"] if t.startswith("run:"))
+        sample = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["sample"]
+        rejected = sample[1:3]
+        with ui(api) as page:
+            dialog = resume_form(page, flow_run_id)
+            assert all(row_id in dialog.inner_text() for row_id in sample)  # the sampled rows are in the form
+            choose(page, dialog, "reject_rows")
+            fill_list(page, dialog, rejected)
+            dialog.locator("textarea").last.fill("two answers miss the question")
+            screenshot(page, "review-pause.png")
+            submit(dialog)
+            wait_for(api, flow_run_id, "COMPLETED")
+            page.goto(f"{page.base}/artifacts/artifact/{artifact(api, flow_run_id, 'run-summary')['id']}",
+                      wait_until="networkidle")
+            page.get_by_text(f"alignflow run {run_id}").first.wait_for()
+            screenshot(page, "run-summary.png")
+    decision = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["decision"]
+    assert (decision["action"], decision["rows"], decision["by"], decision["note"]) == (
+        "reject_rows", rejected, "prefect", "two answers miss the question")
+    dpo = pl.read_parquet(store / run_id / "datasets/dpo.parquet")
+    assert not set(rejected) & set(dpo["pair_id"])

@@ -187,6 +187,10 @@ def test_failure_share_above_the_threshold(store, texts):
     assert_quarantined(store, "responses", 1, counts, result, 8)
     check = next(c for c in result.failed if c.kwargs.get("value_set") == ["kept", "rejected"])
     assert check.unexpected_count == 6
+    assert check.examples[0]["value"] == "failed" and check.examples[0]["error"] == "HTTP 429"  # why it failed
+    markdown = result.markdown()
+    assert f"- `{check.examples[0]['id']}: failed (HTTP 429)`" in markdown
+    assert max(len(line) for line in markdown.splitlines() if line.startswith("|")) < 240  # the table fits a screen
 
 
 def test_near_duplicate_share_above_the_threshold(store, texts):
@@ -315,7 +319,8 @@ def test_publish_makes_an_artifact_and_an_event(prefect_server, store, texts):
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
     from alignflow.manifest import build
-    from tasks.gate import EVENT, QUARANTINE_STATE, final_state, publish
+    from tasks.gate import EVENT, publish
+    from tasks.report import QUARANTINE_STATE, final_state
 
     @flow
     def stage_flow():

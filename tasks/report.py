@@ -1,0 +1,103 @@
+"""What a pipeline run shows people and tells automations: its progress while it runs; at its end, a summary and a
+link to its manifest (how a caller finds its output), its cost and traffic, the `alignflow.run.completed` event,
+and its final state.
+
+A run with batches in quarantine ends in a Completed state named `Completed with quarantine`, its message naming
+them: still a COMPLETED state type, so what waits for a completed run still runs, but seen at a glance in the UI.
+"""
+from __future__ import annotations
+
+import os
+
+from prefect import get_run_logger
+from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
+                               update_progress_artifact)
+from prefect.events import emit_event
+from prefect.exceptions import MissingContextError
+from prefect.logging import get_logger
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, State
+
+from alignflow import quarantine
+from alignflow.manifest import summary_markdown, traffic_markdown
+from alignflow.store import Store
+
+COMPLETED = "alignflow.run.completed"
+QUARANTINE_STATE = "Completed with quarantine"
+
+
+class RunProgress:
+    """The run's progress artifact, in percent, updated as it goes (only when it moved a whole point)."""
+
+    def __init__(self, run_id: str):
+        self.id = create_progress_artifact(0.0, key="run-progress", description=f"alignflow run {run_id}")
+        self.shown = 0.0
+
+    def update(self, fraction: float) -> None:
+        percent = round(100 * min(max(fraction, 0.0), 1.0), 0)
+        if percent > self.shown:
+            update_progress_artifact(self.id, percent)
+            self.shown = percent
+
+
+def run_location(store: Store, run_id: str) -> str:
+    """Where the run is, as any process can find it: an s3:// URL, or an absolute path."""
+    url = store.join(run_id)
+    return url if url.startswith("s3://") else os.path.abspath(url)
+
+
+def publish_summary(store: Store, manifest: dict, quarantined: str | None = None) -> None:
+    """The run at a glance on the pipeline run, and a link to its manifest."""
+    url = run_location(store, manifest["run_id"])
+    create_markdown_artifact(markdown=summary_markdown(manifest, url, quarantined), key="run-summary",
+                             description=f"alignflow run {manifest['run_id']}: {url}")
+    create_link_artifact(link=f"{url}/manifest.json", link_text=f"manifest of run {manifest['run_id']}",
+                         key="run-manifest", description=f"alignflow run {manifest['run_id']}")
+
+
+def publish_traffic(manifest: dict) -> None:
+    """The run's cost by model and each endpoint's traffic (requests, 429s, concurrency) as a Prefect artifact."""
+    create_markdown_artifact(markdown=traffic_markdown(manifest), key="traffic",
+                             description=f"run {manifest['run_id']}: cost and provider traffic")
+
+
+def final_state(store: Store, run_id: str, manifest: dict) -> State:
+    """What the pipeline flow returns: Completed with the manifest as its result (callers of `pipeline(...)` get
+    the dict); `Completed with quarantine` when batches wait in quarantine."""
+    message = quarantine.state_message(store, run_id)
+    publish_summary(store, manifest, message)
+    if message:
+        logger().warning("%s; see `alignflow quarantine list %s`", message, store.join(run_id))
+        return Completed(name=QUARANTINE_STATE, message=message, data=manifest)
+    return Completed(data=manifest)
+
+
+def announce_completed(store: Store, manifest: dict) -> None:
+    """`alignflow.run.completed`, with where the run and its datasets are: what the export automation acts on."""
+    run_id, url = manifest["run_id"], run_location(store, manifest["run_id"])
+    emit_event(COMPLETED, resource={"prefect.resource.id": f"alignflow.run.{run_id}", "prefect.resource.name": run_id,
+                                    "alignflow.run": run_id},
+               related=run_context(), payload={"run_id": run_id, "run_url": url, "datasets": manifest["datasets"],
+                                               "files": {name: f"{url}/datasets/{name}.parquet"
+                                                         for name in manifest["datasets"]}})
+
+
+def run_context() -> list[dict[str, str]]:
+    """The flow run and deployment an event comes from, as related resources: an automation scoped to a
+    deployment matches on them, and an inferred action (pause the deployment, suspend the run) acts on them."""
+    related = []
+    if flow_run.id:
+        related.append({"prefect.resource.id": f"prefect.flow-run.{flow_run.id}", "prefect.resource.role": "flow-run",
+                        "prefect.resource.name": flow_run.name or ""})
+    if deployment.id:
+        related.append({"prefect.resource.id": f"prefect.deployment.{deployment.id}",
+                        "prefect.resource.role": "deployment"})
+    return related
+
+
+def logger():
+    """The run's logger inside a flow or task run, else alignflow's own."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("alignflow")
