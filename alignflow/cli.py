@@ -11,7 +11,7 @@ from alignflow.config import ConfigError, PipelineConfig, load_config
 from alignflow.constitution import ConstitutionError
 from alignflow.seeds import SeedError, load_seeds
 
-COMMAND_GROUPS = ("dedup", "export", "quarantine", "review", "constitution", "agreement")
+COMMAND_GROUPS = ("dedup", "export", "quarantine", "review", "labels", "constitution", "agreement")
 
 
 def _preflight(config: PipelineConfig) -> None:

@@ -87,10 +87,13 @@ def seconds_left(entry: dict[str, Any]) -> float:
 
 
 def decide(store: Store, run_id: str, stage: str, action: str, rows: list[str] | None = None, note: str = "",
-           by: str = "cli") -> dict[str, Any]:
-    """Record a decision on a stage waiting for review. `rows` are the ids rejected by `reject_rows`; each must be a
-    row of the stage. A stage decided once keeps its decision: a second one is an error, not an overwrite."""
+           by: str = "cli", asked: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record a decision on a stage waiting for review (or on `asked`, a review asked outside the run, when the run
+    has none). `rows` are the ids rejected by `reject_rows`; each must be a row of the stage. A stage decided once
+    keeps its decision: a second one is an error, not an overwrite. Nothing is written unless it is recorded."""
     stages = read(store, run_id)
+    if asked is not None:
+        stages.setdefault(stage, asked)
     if stage not in stages:
         waiting = ", ".join(s for s, e in stages.items() if "decision" not in e) or "none"
         raise ReviewError(f"{stage} of run {run_id} is not waiting for review (waiting: {waiting})")
@@ -113,6 +116,18 @@ def decide(store: Store, run_id: str, stage: str, action: str, rows: list[str] |
     stages[stage]["decision"] = {"action": action, "rows": rows, "note": note.strip(), "by": by, "at": now()}
     _write(store, run_id, stages)
     return stages[stage]["decision"]
+
+
+def decide_outside(store: Store, run_id: str, stage: str, seen: list[str], action: str, rows: list[str], note: str,
+                   by: str) -> dict[str, Any]:
+    """A decision made outside the run (labels from Argilla): the stage's review is recorded as asked about the
+    rows people saw, if the run did not ask, then decided as any other."""
+    kept = store.read_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
+    if not kept.height and stage not in read(store, run_id):
+        raise ReviewError(f"run {run_id} has no kept {stage} to review")
+    asked = {"stage": stage, "requested": now(), "deadline": time.time(), "rows": kept.height, "sample": seen,
+             "flow_run_id": None}
+    return decide(store, run_id, stage, action, rows, note, by, asked)
 
 
 def apply(run: Run, stage: str) -> int:

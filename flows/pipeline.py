@@ -179,7 +179,7 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
         get_run_logger().warning(message)
     summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by), "stopped": None,
                                    "endpoints": endpoint.traffic(config.llms()),
-                                   **({"review": review.summary(run)} if config.review.stages else {})})
+                                   **({"review": reviewed} if (reviewed := review.summary(run)) else {})})
     publish_traffic(summary)
     progress.update(1.0)
     state = final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch

@@ -36,7 +36,8 @@ def review_stages(run: Run) -> list[str]:
     """Each stage in `review.stages`, reviewed in turn. Returns the stages still waiting for a reviewer (only a run
     started without a deployment has any: it stops there)."""
     waiting = []
-    for stage in run.config.review.stages:
+    decided_outside = [s for s, e in review.read(run.store, run.run_id).items() if "decision" in e]  # e.g. Argilla
+    for stage in dict.fromkeys([*run.config.review.stages, *decided_outside]):
         if not _decided(run, stage):
             waiting.append(stage)
             continue

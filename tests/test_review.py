@@ -46,3 +46,69 @@ def test_a_command_line_run_stops_for_review_and_the_cli_decision_removes_the_ro
         "rows_rejected": 2}
     decision = json.loads((store / "r1/review.json").read_text())["stages"]["pairs"]["decision"]
     assert decision["rows"] == sample[:2] and decision["note"] == "off topic"
+
+
+def test_argilla_round_trip_annotators_preferences_become_the_review(tmp_path, capsys, monkeypatch):
+    """Export to Argilla, annotate with Argilla's own SDK objects (three annotators), import the labels back."""
+    import uuid
+
+    import argilla as rg
+    from test_exports import load_argilla
+
+    from alignflow.exports import ARGILLA_RECORDS
+
+    store = tmp_path / "store"
+    with LLMTestServer() as server:
+        run = args(server, store)
+        assert main(run) == 0
+        out = tmp_path / "argilla"
+        assert main(["export", str(store / "r1"), "--format", "argilla", "--out", str(out)]) == 0
+        _, _, records = load_argilla(out, monkeypatch)
+        assert len(records) >= 4
+        annotators = [uuid.uuid4() for _ in range(3)]
+        votes = {records[0].id: ["rejected", "rejected", "chosen"], records[1].id: ["tie", "chosen", "rejected"],
+                 records[2].id: ["chosen", "chosen", "tie"]}  # records[3:]: nobody answered
+        for record in records:
+            for user, value in zip(annotators, votes.get(record.id, [])):
+                record.responses.add(rg.Response("preference", value, user_id=user))
+        (out / ARGILLA_RECORDS).write_text(json.dumps([r.to_dict() for r in records], default=str))
+        capsys.readouterr()
+
+        assert main(["import-labels", str(store / "r1"), str(out)]) == 0
+        said = capsys.readouterr().out
+        assert "3 labelled (1 chosen, 1 rejected, 1 tie); 2 leave the datasets" in said
+        assert main(["import-labels", str(store / "r1"), str(out)]) == 2  # decided once
+        assert "already reviewed" in capsys.readouterr().err
+
+        requests = server.requests
+        assert main(run) == 0  # the resume applies it, asking nothing
+        assert server.requests == requests
+    rejected = {records[0].id, records[1].id}
+    dpo = pl.read_parquet(store / "r1/datasets/dpo.parquet")
+    assert not rejected & set(dpo["pair_id"]) and records[2].id in set(dpo["pair_id"])
+    manifest = assert_whole(Store(str(store)), "r1")
+    assert manifest["review"]["pairs"]["by"] == "argilla" and manifest["review"]["pairs"]["rows_rejected"] == 2
+    decision = json.loads((store / "r1/review.json").read_text())["stages"]["pairs"]["decision"]
+    assert sorted(decision["rows"]) == sorted(rejected)
+
+
+def test_import_labels_user_errors_are_one_line(tmp_path, capsys):
+    store = tmp_path / "store"
+    with LLMTestServer() as server:
+        assert main(args(server, store)) == 0
+    labels = tmp_path / "labels.json"
+    for content, message in [
+        ("not json", "not valid JSON"),
+        ('[{"fields": {}}]', "expected a list of records, each with an id"),
+        ('[{"id": "x", "responses": {}}]', "no record at"),
+        ('[{"id": "nope", "responses": {"preference": [{"value": "rejected", "user_id": "u"}]}}]',
+         "no pairs row with id nope"),
+    ]:
+        labels.write_text(content)
+        capsys.readouterr()
+        assert main(["import-labels", str(store / "r1"), str(labels)]) == 2, content
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert main(["import-labels", str(store / "r1"), str(tmp_path / "missing")]) == 2
+    assert "no Argilla records at" in capsys.readouterr().err
+    assert not (store / "r1/review.json").exists()  # nothing recorded by a refused import
