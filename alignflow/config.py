@@ -23,8 +23,8 @@ class ConfigError(Exception):
 
 
 # Titles the Prefect form shows; any other field is titled from its name ("max_words" -> "Max words").
-TITLES = {"llm": "LLM", "rpm": "Requests per minute", "tpm": "Tokens per minute", "input_tpm": "Input tokens per minute",
-          "output_tpm": "Output tokens per minute", "timeout_s": "Timeout (seconds)", "base_url": "Base URL",
+TITLES = {"llm": "LLM", "rpm": "Requests per minute", "tpm": "Tokens per minute",
+          "input_tpm": "Input tokens per minute", "output_tpm": "Output tokens per minute", "timeout_s": "Timeout (seconds)", "base_url": "Base URL",
           "api_key_env": "API key variable", "batch_poll_s": "Batch poll interval (seconds)",
           "budget_usd": "Budget (USD)", "max_tokens": "Max tokens", "timeout_h": "Timeout (hours)",
           "shown_machine": "Shown from the machine pool", "both_orders": "Judge in both orders",

@@ -60,9 +60,9 @@ def import_labels(store: Store, run_id: str, path: Path, note: str = "") -> dict
     counts = Counter(found.values())
     summary = ", ".join(f"{counts[v]} {v}" for v in ("chosen", "rejected", "tie") if counts[v])
     try:
-        decision = review.decide_outside(store, run_id, "pairs", sorted(found), "reject_rows" if rejected else "approve",
-                                         rejected, note or f"Argilla: {len(found)} pairs labelled ({summary})",
-                                         by="argilla")
+        decision = review.decide_outside(store, run_id, "pairs", sorted(found),
+                                         "reject_rows" if rejected else "approve", rejected,
+                                         note or f"Argilla: {len(found)} pairs labelled ({summary})", by="argilla")
     except review.ReviewError as exc:
         raise LabelsError(str(exc)) from None
     return {**decision, "labelled": len(found), "verdicts": dict(counts)}

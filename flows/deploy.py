@@ -52,6 +52,8 @@ def register(sub) -> None:
     deploy.add_argument("--pool", default="alignflow", help="the process work pool (made if missing)")
     deploy.add_argument("--nightly", default=NIGHTLY, metavar="CRON", help=f"the nightly schedule, UTC (default: "
                                                                            f"{NIGHTLY!r})")
+    deploy.add_argument("--notify", metavar="TYPE/NAME", help="a notification block (e.g. slack-webhook/alerts) the "
+                                                              "quarantine automation sends its message to")
     deploy.set_defaults(func=cmd_deploy)
 
 
@@ -72,7 +74,7 @@ def cmd_deploy(args) -> int:
             steps += endpoint.run(limits.create(config.llms()))
         with contextlib.chdir(project):
             steps += [_deploy(name, project, args.pool, raw, args.nightly) for name in DEPLOYMENTS]
-        steps += _automations()
+        steps += _automations(args.notify)
     except (ConfigError, DeployError) as exc:
         return fail(str(exc))
     for line in steps:
@@ -133,19 +135,23 @@ def _deploy(name: str, project: Path, pool: str, config: dict[str, Any], nightly
     return f"deployment {name}: {entrypoint}" + (f", nightly at {nightly} UTC" if schedules else "")
 
 
-def _automations() -> list[str]:
+def _automations(notify: str | None) -> list[str]:
     """Each automation of the shipped file, replacing one of the same name; a run-deployment action's
-    `deployment: NAME` becomes the deployment's id."""
+    `deployment: NAME` becomes the deployment's id, a send-notification action's `block` the --notify block's."""
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore
 
     specs = yaml.safe_load(AUTOMATIONS.read_text())["automations"]
     lines = []
     with get_client(sync_client=True) as client:
+        block = _notification_block(client, notify) if notify else None
         for spec in specs:
+            spec["actions"] = [a for a in spec["actions"] if "block" not in a or block]
             for action in spec["actions"]:
                 if name := action.pop("deployment", None):
                     action["deployment_id"] = str(client.read_deployment_by_name(_full_name(name)).id)
+                if action.pop("block", None):
+                    action["block_document_id"] = block
             automation = AutomationCore.model_validate(spec)
             for old in client.read_automations_by_name(automation.name):
                 client.delete_automation(old.id)
@@ -153,6 +159,19 @@ def _automations() -> list[str]:
             lines.append(f"automation {automation.name}: {', '.join(a['type'] for a in spec['actions'])} on "
                          f"{', '.join(spec['trigger']['expect'])}")
     return lines
+
+
+def _notification_block(client, slug_and_name: str) -> str:
+    from prefect.exceptions import ObjectNotFound
+
+    slug, _, name = slug_and_name.partition("/")
+    if not name:
+        raise DeployError(f"--notify {slug_and_name}: give the block as TYPE/NAME, e.g. slack-webhook/alerts")
+    try:
+        return str(client.read_block_document_by_name(name, slug).id)
+    except ObjectNotFound:
+        raise DeployError(f"--notify {slug_and_name}: the server has no such block (create it in the UI: Blocks)") \
+            from None
 
 
 def _full_name(name: str) -> str:

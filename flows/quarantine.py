@@ -70,7 +70,8 @@ def _form(run: Run, waiting: list[quarantine.Entry]) -> str:
     lines = [f"### {len(waiting)} batch{'es' if len(waiting) > 1 else ''} of run `{run.run_id}` in quarantine", "",
              "Each failed its data-quality gate. **Release** a batch to let its rows go on (the run then makes what "
              "follows from them), or **drop** it (its rows stay in quarantine, out of the datasets). Batches named in "
-             "neither list are asked about again; an answer naming none leaves them all in quarantine. Each batch's full report is its `gate-<stage>-<batch>` artifact.", ""]
+             "neither list are asked about again; an answer naming none leaves them all in quarantine. Each batch's "
+             "full report is its `gate-<stage>-<batch>` artifact.", ""]
     for entry in waiting:
         result = entry.result
         lines.append(f"- **{entry.name}**: {entry.rows} rows; failed: "

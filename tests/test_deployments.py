@@ -1,12 +1,14 @@
 """alignflow on a Prefect server as its users run it: `alignflow deploy`, a process worker, runs started through the
 REST API with a partial config, a review answered through the API, the run found by its caller, Retry resuming."""
 import contextlib
+import http.server
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -69,12 +71,41 @@ def project(tmp_path_factory):
     return path
 
 
+class Hook(http.server.BaseHTTPRequestHandler):
+    """A webhook on loopback: what the quarantine automation's notification block posts to."""
+
+    received: list[dict] = []
+
+    def do_POST(self):
+        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="module")
-def deployed(prefect_api, project, tmp_path_factory):
+def webhook(prefect_api):
+    """A notification block on the server, posting to a loopback webhook; yields what it received."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    with temporary_settings({PREFECT_API_URL: prefect_api}):
+        CustomWebhookNotificationBlock(name="alerts", url=f"http://127.0.0.1:{server.server_port}/hook",
+                                       json_data={"subject": "{{subject}}", "text": "{{body}}"}).save("alerts")
+    yield Hook.received
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_api, project, webhook, tmp_path_factory):
     """`alignflow deploy`, then a process worker started the way deploy says, in the project directory."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    out = subprocess.run([BIN / "alignflow", "deploy", "--project-path", str(project)], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run([BIN / "alignflow", "deploy", "--project-path", str(project), "--notify",
+                          "custom-webhook/alerts"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert f"cd {project} && PREFECT_API_URL={prefect_api} prefect worker start --pool alignflow" in out.stdout
     worker_env = {**env, "OPENAI_API_KEY": "sk-worker-secret", "PREFECT_WORKER_QUERY_SECONDS": "1",
@@ -177,19 +208,40 @@ def artifact(api: API, flow_run_id: str, key: str) -> dict:
     return max(found, key=lambda a: a["updated"])  # a resumed run makes its artifacts again: the latest
 
 
+def start(api: API, llm: LLMTestServer, store: Path, overrides: list[str] | None = None, **config) -> str:
+    """A run of pipeline/on-demand through the REST API, sending only what it changes; its flow run id."""
+    partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
+               **config}
+    run = api.post(f"/deployments/{deployment_id(api, 'pipeline/on-demand')}/create_flow_run",
+                   json={"parameters": {"config": partial, **({"overrides": overrides} if overrides else {})}})
+    assert run.status_code == 201, run.text
+    return run.json()["id"]
+
+
+def persisted_result(api: API, flow_run_id: str):
+    """The flow run's result as a Prefect client reads it: the state's data names where the worker persisted it."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: str(api.base_url).rstrip("/")}):
+        with get_client(sync_client=True) as client:
+            return client.read_flow_run(flow_run_id).state.result()
+
+
+def run_id_of(flow_run: dict) -> str:
+    return next(t.removeprefix("run:") for t in flow_run["tags"] if t.startswith("run:"))
+
+
 def test_deployed_run_with_a_partial_config_waits_for_review_resumes_through_the_api_and_is_found(deployed, project,
                                                                                                     tmp_path):
     api = deployed
     store = tmp_path / "store"
     with LLMTestServer() as llm:
-        partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
-                   "instructions": {"target": 20}, "review": {"stages": ["pairs"], "sample": 5}}
-        run = api.post(f"/deployments/{deployment_id(api, 'pipeline/on-demand')}/create_flow_run",
-                       json={"parameters": {"config": partial, "overrides": ["llm.max_concurrency=8"]}})
-        flow_run_id = run.raise_for_status().json()["id"]
+        flow_run_id = start(api, llm, store, ["llm.max_concurrency=8"], instructions={"target": 20},
+                            review={"stages": ["pairs"], "sample": 5})
 
         paused = wait_for(api, flow_run_id, "PAUSED")
-        run_id = next(t.removeprefix("run:") for t in paused["tags"] if t.startswith("run:"))
+        run_id = run_id_of(paused)
         assert paused["name"] == f"run-{run_id}" and "alignflow" in paused["tags"]
         assert not (store / run_id / "datasets").exists()  # nothing released before the review
         sample = artifact(api, flow_run_id, "review-pairs")
@@ -221,6 +273,7 @@ def test_deployed_run_with_a_partial_config_waits_for_review_resumes_through_the
         link = artifact(api, flow_run_id, "run-manifest")
         manifest = json.loads(Path(re.search(r"\]\((.+)\)$", link["data"])[1]).read_text())
         assert manifest["run_id"] == run_id and manifest["datasets"]["dpo"] > 0
+        assert persisted_result(api, flow_run_id) == manifest  # the flow run's result is the manifest
         assert f"`{store / run_id}/datasets/dpo.parquet`" in artifact(api, flow_run_id, "run-summary")["data"]
         assert artifact(api, flow_run_id, "run-progress")["data"] == 100
         assert set(manifest["stages"]["judgments"]["by_model"]) == {"openai:m"}
@@ -258,12 +311,8 @@ def test_a_review_nobody_answers_takes_on_timeout_when_the_failed_run_is_retried
     api = deployed
     store = tmp_path / "store"
     with LLMTestServer() as llm:
-        partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
-                   "review": {"stages": ["pairs"], "timeout_h": 0.001, "on_timeout": "approve"}}  # 3.6 s
-        run = api.post(f"/deployments/{deployment_id(api, 'pipeline/on-demand')}/create_flow_run",
-                       json={"parameters": {"config": partial}})
-        assert run.status_code == 201, run.text
-        flow_run_id = run.json()["id"]
+        flow_run_id = start(api, llm, store, review={"stages": ["pairs"], "timeout_h": 0.001,  # 3.6 s
+                                                     "on_timeout": "approve"})
         wait_for(api, flow_run_id, "PAUSED")
         deadline = time.time() + 60
         while (state := api.get(f"/flow_runs/{flow_run_id}").json()["state"])["type"] != "FAILED":
@@ -279,7 +328,8 @@ def test_a_review_nobody_answers_takes_on_timeout_when_the_failed_run_is_retried
     assert pl.read_parquet(store / run_id / "datasets/dpo.parquet").height > 0
 
 
-def test_a_quarantined_batch_fires_the_shipped_automation_and_is_released_from_the_ui_form(deployed, tmp_path):
+def test_a_quarantined_batch_fires_the_shipped_automation_and_is_released_from_the_ui_form(deployed, webhook,
+                                                                                             tmp_path):
     from alignflow.quarantine import undecided
     from alignflow.store import Store
 
@@ -294,23 +344,22 @@ def test_a_quarantined_batch_fires_the_shipped_automation_and_is_released_from_t
     store = tmp_path / "store"
     pipeline = deployment_id(api, "pipeline/on-demand")
     with LLMTestServer() as llm:
-        partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
-                   "gate": {"suites": str(suites)}}
-        run = api.post(f"/deployments/{pipeline}/create_flow_run", json={"parameters": {"config": partial}})
-        assert run.status_code == 201, run.text
-        flow_run_id = run.json()["id"]
+        flow_run_id = start(api, llm, store, gate={"suites": str(suites)})
         paused = wait_for(api, flow_run_id, "PAUSED")
-        run_id = next(t.removeprefix("run:") for t in paused["tags"] if t.startswith("run:"))
+        run_id = run_id_of(paused)
         held = [e.name for e in undecided(Store(str(store)), run_id)]
         assert held and all(name.startswith("responses/") for name in held)
         form = api.get(f"/flow_runs/{flow_run_id}/input/suspended-quarantine-0-0-description").json()
         assert f"**{held[0]}**" in form and "expect_column_value_lengths_to_be_between" in form
 
-        # the shipped automation fired on the event and paused the deployment that made the batch
+        # the shipped automation fired on the event: a person is told, and the deployment that made it is paused
         deadline = time.time() + 60
-        while not api.get(f"/deployments/{pipeline}").json()["paused"]:
-            assert time.time() < deadline, "the quarantine automation did not pause the deployment"
+        while not api.get(f"/deployments/{pipeline}").json()["paused"] or not webhook:
+            assert time.time() < deadline, f"the quarantine automation did not act: {webhook}"
             time.sleep(1)
+        told = webhook[0]
+        assert told["subject"] == f"alignflow: a batch of run {run_id} is in quarantine"
+        assert f"{held[0]} of run {run_id}" in told["text"] and "expect_column_value_lengths" in told["text"]
 
         # a person releases the batches from the paused run's form in the UI
         with ui(api) as page:
@@ -354,14 +403,9 @@ def test_a_review_answered_from_the_ui_form(deployed, tmp_path):
     api = deployed
     store = tmp_path / "store"
     with LLMTestServer() as llm:
-        partial = {"store": str(store), "llm": {"provider": "openai", "base_url": llm.openai_base_url, "model": "m"},
-                   "instructions": {"target": 20}, "review": {"stages": ["pairs"], "sample": 5}}
-        run = api.post(f"/deployments/{deployment_id(api, 'pipeline/on-demand')}/create_flow_run",
-                       json={"parameters": {"config": partial}})
-        assert run.status_code == 201, run.text
-        flow_run_id = run.json()["id"]
+        flow_run_id = start(api, llm, store, instructions={"target": 20}, review={"stages": ["pairs"], "sample": 5})
         paused = wait_for(api, flow_run_id, "PAUSED")
-        run_id = next(t.removeprefix("run:") for t in paused["tags"] if t.startswith("run:"))
+        run_id = run_id_of(paused)
         sample = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["sample"]
         rejected = sample[1:3]
         with ui(api) as page:
