@@ -145,14 +145,15 @@ def traffic_markdown(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None) -> str:
+def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None,
+                     gates: dict[str, dict[str, list[str]]] | None = None) -> str:
     """The run at a glance, as the pipeline run's summary artifact shows it: where it is, its datasets, rows per
-    stage and outcome, tokens and cost, reviews, and what waits in quarantine."""
+    stage and outcome, tokens and cost, gate verdicts (`gates`: stage -> verdict -> links to the batches' gate
+    artifacts), reviews, and what waits in quarantine."""
     lines = [f"## alignflow run `{manifest['run_id']}`", "", f"- run directory: `{run_url}`",
              f"- manifest: `{run_url}/manifest.json`", f"- cost: {dollars(manifest.get('cost_usd'))}, tokens "
              f"{manifest['tokens']['input_tokens']:,} in / {manifest['tokens']['output_tokens']:,} out (by model and "
-             "endpoint: the `traffic` artifact)",
-             "- each batch's gate verdict: its `gate-<stage>-<batch>` artifact (batches q.: how many were quarantined)"]
+             "endpoint: the `traffic` artifact)"]
     if manifest.get("stopped"):
         lines.append(f"- **stopped**: {manifest['stopped']}")
     if quarantine:
@@ -163,6 +164,14 @@ def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None
     header, *rows = table(manifest)
     lines += ["", f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     lines += [f"| {' | '.join(row)} |" for row in rows]
+    if gates:
+        lines += ["", "Gate verdicts, by stage (a batch links to its gate artifact):", ""]
+        for stage, verdicts in gates.items():
+            shown = [f"{len(links)} {verdict}" + (f": {', '.join(links[:10])}" if verdict != "passed" else "")
+                     + (f", and {len(links) - 10} more" if verdict != "passed" and len(links) > 10 else "")
+                     for verdict, links in verdicts.items()]
+            lines.append(f"- {stage}: {'; '.join(shown)}" + (f" (e.g. {verdicts['passed'][0]})" if "passed" in verdicts
+                                                             else ""))
     for stage, review in (manifest.get("review") or {}).items():
         verdict = "waiting for a reviewer" if review["decision"] is None else \
             f"{review['decision']} by {review['by']} at {review['at']}, {review['rows_rejected']} rows rejected" + \

@@ -21,7 +21,7 @@ REASON = "rejected by reviewer"
 Action = Literal["approve", "reject", "reject_rows"]
 ACTIONS = ("approve", "reject", "reject_rows")
 SHOWN_COLUMNS = {"pairs": ["id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "margin",
-                           "chosen_model", "rejected_model"]}
+                           "chosen_rationale", "rejected_rationale", "chosen_model", "rejected_model"]}
 
 
 class ReviewError(Exception):
@@ -68,10 +68,26 @@ def request(run: Run, stage: str, flow_run_id: str | None = None) -> dict[str, A
 
 
 def sample_rows(store: Store, run_id: str, stage: str) -> pl.DataFrame:
-    """The sampled rows as the reviewer sees them."""
+    """The sampled rows as the reviewer sees them; a pair with the judge's rationale for each response."""
     ids = read(store, run_id)[stage]["sample"]
     rows = reviewed_rows(store, run_id, stage).filter(pl.col("id").is_in(ids)).sort("id")
+    if stage == "pairs":
+        rows = _with_rationales(store, run_id, rows)
     return rows.select([c for c in SHOWN_COLUMNS.get(stage, rows.columns) if c in rows.columns])
+
+
+def _with_rationales(store: Store, run_id: str, pairs: pl.DataFrame) -> pl.DataFrame:
+    """`chosen_rationale` and `rejected_rationale`: the judge's reason per aspect ("helpfulness: ...; honesty: ...")."""
+    judged = store.read_dir(f"{run_id}/judgments/kept", schema=schema_for("judgments"))
+    aspects = judged["rationales"].struct.fields if judged.height else []
+    text = pl.concat_str([pl.when(pl.col("rationales").struct.field(a).is_not_null())
+                          .then(pl.lit(f"{a}: ") + pl.col("rationales").struct.field(a)) for a in aspects],
+                         separator="; ", ignore_nulls=True) if aspects else pl.lit(None, pl.String)
+    reasons = judged.select(pl.col("response_id"), text.alias("rationale")).unique("response_id")
+    for side in ("chosen", "rejected"):
+        pairs = pairs.join(reasons.rename({"response_id": f"{side}_id", "rationale": f"{side}_rationale"}),
+                           on=f"{side}_id", how="left")
+    return pairs
 
 
 def ask_again(store: Store, run_id: str, stage: str) -> dict[str, Any]:

@@ -5,14 +5,13 @@ run and the deployment); a stage whose policy is `fail` fails the flow run inste
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
 from alignflow.gate import GateResult
-from tasks.report import logger, run_context
+from tasks.report import gate_artifact_key, logger, run_context
 
 EVENT = "alignflow.batch.quarantined"
 
@@ -22,8 +21,7 @@ class GateFailed(Exception):
 
 
 def artifact_key(result: GateResult) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", f"gate-{result.stage}-{result.batch}".lower())
+    return gate_artifact_key(result.stage, result.batch)
 
 
 def publish(result: GateResult | None, run_id: str) -> None:

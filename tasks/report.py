@@ -8,6 +8,7 @@ them: still a COMPLETED state type, so what waits for a completed run still runs
 from __future__ import annotations
 
 import os
+import re
 
 from prefect import get_run_logger
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
@@ -19,7 +20,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
 from alignflow import quarantine
-from alignflow.manifest import summary_markdown, traffic_markdown
+from alignflow.manifest import checkpoints, summary_markdown, traffic_markdown
 from alignflow.store import Store
 
 COMPLETED = "alignflow.run.completed"
@@ -49,10 +50,27 @@ def run_location(store: Store, run_id: str) -> str:
 def publish_summary(store: Store, manifest: dict, quarantined: str | None = None) -> None:
     """The run at a glance on the pipeline run, and a link to its manifest."""
     url = run_location(store, manifest["run_id"])
-    create_markdown_artifact(markdown=summary_markdown(manifest, url, quarantined), key="run-summary",
+    create_markdown_artifact(markdown=summary_markdown(manifest, url, quarantined, _gates(store, manifest["run_id"])),
+                             key="run-summary",
                              description=f"alignflow run {manifest['run_id']}: {url}")
     create_link_artifact(link=f"{url}/manifest.json", link_text=f"manifest of run {manifest['run_id']}",
                          key="run-manifest", description=f"alignflow run {manifest['run_id']}")
+
+
+def gate_artifact_key(stage: str, batch: int) -> str:
+    """A batch's gate artifact: Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"gate-{stage}-{batch}".lower())
+
+
+def _gates(store: Store, run_id: str) -> dict[str, dict[str, list[str]]]:
+    """Each gated stage's batches by verdict, as links to their gate artifacts in the UI."""
+    gates: dict[str, dict[str, list[str]]] = {}
+    for stage, records in checkpoints(store, run_id).items():
+        for record in records:
+            if verdict := record.get("gate"):
+                gates.setdefault(stage, {}).setdefault(verdict, []).append(
+                    f"[{stage}/{record['number']}](/artifacts/key/{gate_artifact_key(stage, record['number'])})")
+    return gates
 
 
 def publish_traffic(manifest: dict) -> None:

@@ -246,7 +246,8 @@ def test_deployed_run_with_a_partial_config_waits_for_review_resumes_through_the
         assert not (store / run_id / "datasets").exists()  # nothing released before the review
         sample = artifact(api, flow_run_id, "review-pairs")
         rows = json.loads(sample["data"])
-        assert len(rows) == 5 and {"id", "prompt", "chosen", "rejected"} <= set(rows[0])
+        assert len(rows) == 5 and {"id", "prompt", "chosen", "rejected", "chosen_rationale"} <= set(rows[0])
+        assert rows[0]["chosen_rationale"].startswith("helpfulness: ")  # the judge's reasons, per aspect
         # the rest of the deployment's config (configs/quickstart.yaml) is kept: the judge asks two aspects
         assert json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["sample"] == \
             sorted(r["id"] for r in rows)
