@@ -8,11 +8,11 @@ from alignflow import cai_labels, revisions
 from alignflow.run import Run
 
 
-@task(name="write-cai-datasets", cache_policy=NO_CACHE)
+@task(name="write-cai-datasets", cache_policy=NO_CACHE, persist_result=False)
 def write_cai_datasets(run: Run) -> dict[str, int]:
     return revisions.write_datasets(run)
 
 
-@task(name="write-cai-labels", cache_policy=NO_CACHE)
+@task(name="write-cai-labels", cache_policy=NO_CACHE, persist_result=False)
 def write_cai_labels(run: Run) -> int:
     return cai_labels.write_dataset(run)

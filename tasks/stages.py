@@ -1,6 +1,8 @@
 """Prefect tasks: one task run per batch of any stage, and the run-level steps around the batches.
 
-Tasks take a Run and a BatchRef and read their input from the store themselves, so they run in any worker.
+Tasks take a Run and a BatchRef and read their input from the store themselves, so they run in any worker. Their
+results are not persisted by Prefect (only the pipeline flow's, the manifest, is): the store's checkpoints are
+what a resumed run reads.
 """
 from __future__ import annotations
 
@@ -43,12 +45,12 @@ def batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = 
         return Cancelled(message=f"{STOPPED_BY_BUDGET}{exc}")
 
 
-_batch = task(batch, cache_policy=NO_CACHE)
+_batch = task(batch, cache_policy=NO_CACHE, persist_result=False)
 BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stage}-{{ref.number}}")
          for stage in stages.STEPS}
 
 
-@task(name="start-run", cache_policy=NO_CACHE)
+@task(name="start-run", cache_policy=NO_CACHE, persist_result=False)
 def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]],
               allow_config_change: list[str] | None = None) -> list[str]:
     """Check the shared limits exist; say, before anything is made, which stages a changed config makes again;
@@ -68,11 +70,11 @@ def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]],
     return redo
 
 
-@task(name="write-datasets", cache_policy=NO_CACHE)
+@task(name="write-datasets", cache_policy=NO_CACHE, persist_result=False)
 def write_datasets(run: Run) -> dict[str, int]:
     return exports.write_datasets(run)
 
 
-@task(name="write-manifest", cache_policy=NO_CACHE)
+@task(name="write-manifest", cache_policy=NO_CACHE, persist_result=False)
 def write_manifest(run: Run, extra: dict[str, Any] | None = None) -> dict:
     return manifest.write(run.store, run.run_id, extra, load_prices(run.config.prices))
