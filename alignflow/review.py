@@ -90,14 +90,6 @@ def _with_rationales(store: Store, run_id: str, pairs: pl.DataFrame) -> pl.DataF
     return pairs
 
 
-def ask_again(store: Store, run_id: str, stage: str) -> dict[str, Any]:
-    """Count one more question on a stage (each suspension of a flow run needs a key of its own)."""
-    stages = read(store, run_id)
-    stages[stage]["asked"] = stages[stage].get("asked", 0) + 1
-    _write(store, run_id, stages)
-    return stages[stage]
-
-
 def seconds_left(entry: dict[str, Any]) -> float:
     return entry["deadline"] - time.time()
 

@@ -347,24 +347,24 @@ class Store:
         self._backend.delete(key)
 
     def check_writable(self) -> None:
-        """A probe object written and deleted, so a store that cannot take a run says so before a run starts."""
+        """A probe object written and deleted, so a store that cannot take a run says so before a run starts. A local
+        store not made yet is probed in its nearest existing directory, where it would be made: the check creates and
+        removes no directory, so two runs starting at once on a new store cannot pull one out from under the other."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         if not self.url.startswith("s3://") and Path(self.url).exists() and not Path(self.url).is_dir():
             raise StoreError(f"the store {self.url} is a file, not a directory")
         key = f".alignflow-probe-{uuid.uuid4().hex}"
-        s3 = self.url.startswith("s3://")
-        created = None if s3 else _first_missing(Path(self.url))
-        backend = _S3(self.url, patience_s=0) if s3 else self._backend  # a check answers at once
+        if self.url.startswith("s3://"):
+            backend = _S3(self.url, patience_s=0)  # a check answers at once
+        else:
+            backend = _Local(str(_nearest_existing(Path(self.url))))
         try:
             backend.write(key, lambda f: f.write(b"probe"))
             backend.delete(key)
         except (OSError, BotoCoreError, ClientError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
             raise StoreError(f"cannot write to the store {self.url}: {reason}") from None
-        finally:
-            if created is not None:  # a check leaves nothing behind, not even the directories it made
-                shutil.rmtree(created, ignore_errors=True)
 
     def read_json_versioned(self, key: str) -> tuple[Any, str] | None:
         """The JSON at `key` and its version (an ETag on S3), or None when there is none."""
@@ -382,13 +382,12 @@ class Store:
         self._backend.delete_prefix(_dir_prefix(key_prefix))
 
 
-def _first_missing(path: Path) -> Path | None:
-    """The outermost directory of `path` that does not exist yet, or None when it all exists."""
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or the nearest of its parents that exists."""
     path = path.absolute()
-    missing = None
     while not path.exists():
-        missing, path = path, path.parent
-    return missing
+        path = path.parent
+    return path
 
 
 class RunDirError(ValueError):

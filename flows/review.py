@@ -7,6 +7,7 @@ command line) cannot suspend: it stops before the datasets, and `alignflow revie
 """
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Literal
 
@@ -60,10 +61,11 @@ def _decided(run: Run, stage: str) -> bool:
     if deployment.id is None:
         return False
     problem = ""
-    while True:  # an answer that cannot be recorded (an unknown row id) is asked again, saying why
-        asked = entry.get("asked", 0)
+    # an answer that cannot be recorded (an unknown row id) is asked again, saying why; each question has its own
+    # suspension key, so a resumed run replays the answers given and stops at the first question not answered
+    for attempt in itertools.count():
         form = ReviewInput.with_initial_data(description=problem + _ask(run, stage, entry))
-        answer = suspend_flow_run(wait_for_input=form, timeout=int(max(left, 1)), key=f"review-{stage}-{asked}")
+        answer = suspend_flow_run(wait_for_input=form, timeout=int(max(left, 1)), key=f"review-{stage}-{attempt}")
         if "decision" in review.read(run.store, run.run_id)[stage]:  # answered from the command line meanwhile
             return True
         try:
@@ -72,7 +74,6 @@ def _decided(run: Run, stage: str) -> bool:
         except review.ReviewError as exc:
             get_run_logger().warning("review: %s; asking again", exc)
             problem = f"**The last answer was not recorded: {exc}.**\n\n"
-            entry = review.ask_again(run.store, run.run_id, stage)
 
 
 def _publish(run: Run, stage: str, entry: dict) -> None:

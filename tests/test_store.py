@@ -154,3 +154,17 @@ def test_local_listings_skip_hidden_files(tmp_path):
     (tmp_path / "run1/kept/.batch-00001.parquet.abc.tmp").write_bytes(b"partial")
     assert store.list("run1") == ["run1/kept/batch-00000.parquet"]
     assert store.read_dir("run1/kept").height == 3
+
+
+def test_checking_a_new_store_from_many_runs_at_once_makes_and_removes_nothing(tmp_path):
+    """Two runs starting at once on a store not made yet: neither check may pull a directory out from under the
+    other (a check that made and removed the store failed the other run's probe, and could delete what it wrote)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store(str(tmp_path / "new" / "runs"))
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: store.check_writable(), range(64)))  # raises if any probe failed
+    assert list(tmp_path.iterdir()) == []  # nothing made, nothing left
+    (tmp_path / "kept").mkdir()
+    Store(str(tmp_path / "kept")).check_writable()
+    assert list((tmp_path / "kept").iterdir()) == []
