@@ -130,10 +130,10 @@ def decide_outside(store: Store, run_id: str, stage: str, seen: list[str], actio
                    by: str) -> dict[str, Any]:
     """A decision made outside the run (labels from Argilla): the stage's review is recorded as asked about the
     rows people saw, if the run did not ask, then decided as any other."""
-    kept = store.read_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
-    if not kept.height and stage not in read(store, run_id):
+    kept = sum(store.row_count(key) for key in store.list_dir(f"{run_id}/{stage}/kept") if key.endswith(".parquet"))
+    if not kept and stage not in read(store, run_id):
         raise ReviewError(f"run {run_id} has no kept {stage} to review")
-    asked = {"stage": stage, "requested": now(), "deadline": time.time(), "rows": kept.height, "sample": seen,
+    asked = {"stage": stage, "requested": now(), "deadline": time.time(), "rows": kept, "sample": seen,
              "flow_run_id": None}
     return decide(store, run_id, stage, action, rows, note, by, asked)
 
