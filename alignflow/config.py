@@ -307,6 +307,23 @@ class CacheConfig(Strict):
         return self.dir or os.environ.get("ALIGNFLOW_CACHE_DIR") or str(Path.home() / ".cache" / "alignflow")
 
 
+class DaskConfig(Strict):
+    """A Dask cluster for the batch tasks (prefect-dask's DaskTaskRunner). Tasks pass keys, not rows: each batch
+    reads its input from the store and writes its output there, so the store must be one every worker reaches."""
+
+    address: str | None = Field(None, description="a running scheduler, e.g. `tcp://10.0.0.5:8786`, whose workers "
+                                                  "have alignflow installed and the run's env (API keys, `AWS_*`, "
+                                                  "`PREFECT_API_URL`); empty: a LocalCluster on this machine")
+    workers: int = Field(2, ge=1, le=256, description="LocalCluster: worker processes")
+    threads: int = Field(8, ge=1, le=256, description="LocalCluster: batches each worker runs at once")
+
+
+class DaskRunner(Strict):
+    """`runner: {dask: {...}}`."""
+
+    dask: DaskConfig = Field(default_factory=DaskConfig, description="the cluster")
+
+
 class PipelineConfig(Strict):
     """Every setting of a run. Started from a deployment, the keys given are merged over the deployment's config."""
 
@@ -331,6 +348,9 @@ class PipelineConfig(Strict):
     cache: CacheConfig = Field(default_factory=CacheConfig, description="the local request cache")
     prices: str | None = Field(None, description="a YAML price table (USD per 1M tokens per provider and model) whose "
                                                  "entries override the shipped `alignflow/prices.yaml`")
+    runner: Literal["threads", "dask"] | DaskRunner = Field(
+        "threads", description="where the batch tasks run: `threads` in the flow's process, `dask` on a LocalCluster, "
+                               "`{dask: {address: tcp://...}}` on a running cluster")
 
     @model_validator(mode="after")
     def _seeds_exist(self) -> "PipelineConfig":
@@ -338,6 +358,13 @@ class PipelineConfig(Strict):
             raise ValueError(f"seeds: {self.seeds} is a directory, not a file" if Path(self.seeds).is_dir()
                              else f"seeds file not found: {self.seeds}")
         return self
+
+    @property
+    def dask(self) -> DaskConfig | None:
+        """The Dask cluster the batches run on; None: the flow's own threads."""
+        if self.runner == "threads":
+            return None
+        return DaskConfig() if self.runner == "dask" else self.runner.dask
 
     def llm_for(self, stage: str) -> LLMConfig:
         return self.llm.merged(getattr(self, stage).llm)

@@ -61,6 +61,11 @@ def read_stage(store: Store, run_id: str, stage: str) -> pl.DataFrame:
     return store.read_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
 
 
+def scan_stage(store: Store, run_id: str, stage: str) -> pl.LazyFrame:
+    """`read_stage` as a lazy query."""
+    return store.scan_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
+
+
 def _as_turn(column: str, role: str, pairs_format: PairsFormat) -> pl.Expr:
     """A text column as it is, or as a one-message conversation in the conversational format."""
     text = pl.col(column)
@@ -79,12 +84,14 @@ def dpo(pairs: pl.DataFrame, pairs_format: PairsFormat = "string") -> pl.DataFra
 
 
 def sft(responses: pl.DataFrame, judgments: pl.DataFrame) -> pl.DataFrame:
-    """The best-rated response of every judged instruction as a two-turn conversation (ties: lowest response id)."""
+    """The best-rated response of every judged instruction as a two-turn conversation (ties: lowest response id).
+    The best is chosen on ids and ratings alone; only the chosen responses' texts are joined in."""
     rated = judgments.filter(pl.col("rating").is_not_null()).select("response_id", "rating")
-    best = (rated.join(responses.select("id", "instruction_id", "instruction", "response", "model"),
-                       left_on="response_id", right_on="id")
-            .sort(["instruction_id", "rating", "response_id"], descending=[False, True, False])
-            .unique("instruction_id", keep="first", maintain_order=True))
+    chosen = (rated.join(responses.select("id", "instruction_id"), left_on="response_id", right_on="id")
+              .sort(["instruction_id", "rating", "response_id"], descending=[False, True, False])
+              .unique("instruction_id", keep="first", maintain_order=True))
+    best = chosen.join(responses.select("id", "instruction", "response", "model"), left_on="response_id",
+                       right_on="id", maintain_order="left")
     return best.select(
         pl.concat_list(pl.struct(role=pl.lit("user"), content=pl.col("instruction")),
                        pl.struct(role=pl.lit("assistant"), content=pl.col("response"))).alias("messages"),
@@ -111,12 +118,15 @@ def training_sets(pairs: pl.DataFrame, responses: pl.DataFrame, judgments: pl.Da
 
 
 def write_datasets(run: Run) -> dict[str, int]:
-    """Write dpo, sft and kto into the run's `datasets/`; returns rows per dataset."""
-    stages = (read_stage(run.store, run.run_id, stage) for stage in ("pairs", "responses", "judgments"))
-    sets = training_sets(*stages, run.config.pairs.format)
-    for name, df in sets.items():
-        run.store.write_parquet(f"{run.run_id}/datasets/{name}.parquet", df)
-    return {name: df.height for name, df in sets.items()}
+    """Write dpo, sft and kto into the run's `datasets/`, one lazy query each, streamed from the stages' batches to
+    the dataset file (only the columns each needs are read); returns rows per dataset, from the files' footers."""
+    stages = (scan_stage(run.store, run.run_id, stage) for stage in ("pairs", "responses", "judgments"))
+    rows = {}
+    for name, query in training_sets(*stages, run.config.pairs.format).items():
+        key = f"{run.run_id}/datasets/{name}.parquet"
+        run.store.sink_parquet(key, query)
+        rows[name] = run.store.row_count(key)
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- Argilla

@@ -50,6 +50,8 @@ def rows(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[tupl
     out = []
     for name, info in model.model_fields.items():
         if section := _section(info.annotation):
+            if info.default_factory is None:  # a word or a section, e.g. `runner: dask` or `runner: {dask: {...}}`
+                out.append((f"{prefix}{name}", _default(info), info.description or ""))
             out += rows(section, f"{prefix}{name}.")
         else:
             out.append((f"{prefix}{name}", _default(info), info.description or ""))

@@ -80,6 +80,9 @@ class _Local:
     def read_parquet(self, key: str) -> pl.DataFrame:
         return pl.read_parquet(self._existing(key))
 
+    def scan_parquet(self, key: str) -> pl.LazyFrame:
+        return pl.scan_parquet(self._existing(key))
+
     def row_count(self, key: str) -> int:
         return pl.scan_parquet(self._existing(key)).select(pl.len()).collect().item()
 
@@ -198,6 +201,9 @@ class _S3:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {self.join(key)}") from None
 
+    def scan_parquet(self, key: str) -> pl.LazyFrame:
+        return pl.scan_parquet(self.join(key), storage_options=self.storage_options())
+
     def row_count(self, key: str) -> int:
         """From the Parquet footer alone: polars fetches only the metadata."""
         try:
@@ -300,6 +306,10 @@ class Store:
         """Write ``df`` to ``key`` atomically."""
         self._backend.write(key, df.write_parquet)
 
+    def sink_parquet(self, key: str, rows: pl.LazyFrame) -> None:
+        """Write a lazy query's rows to ``key`` atomically, streamed: they are never all in memory at once."""
+        self._backend.write(key, rows.sink_parquet)
+
     def read_parquet(self, key: str) -> pl.DataFrame:
         """Read one parquet file."""
         return self._backend.read_parquet(key)
@@ -320,6 +330,15 @@ class Store:
         df = pl.concat([self.read_parquet(k) for k in keys], how="diagonal_relaxed")
         missing = {name: dtype for name, dtype in (schema or {}).items() if name not in df.columns}
         return df.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in missing.items()) if missing else df
+
+    def scan_dir(self, key_prefix: str, schema: dict | None = None) -> pl.LazyFrame:
+        """``read_dir`` as a lazy query: a file is read only as far as the query needs (its columns, its rows)."""
+        keys = [k for k in self._backend.list_dir(_dir_prefix(key_prefix)) if k.endswith(".parquet")]
+        if not keys:
+            return pl.LazyFrame(schema=schema)
+        rows = pl.concat([self._backend.scan_parquet(k) for k in keys], how="diagonal_relaxed")
+        missing = {name: dtype for name, dtype in (schema or {}).items() if name not in rows.collect_schema()}
+        return rows.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in missing.items()) if missing else rows
 
     def write_json(self, key: str, obj: Any) -> None:
         """Write ``obj`` as JSON (indent 2, sorted keys) atomically."""

@@ -17,7 +17,7 @@ from prefect.states import Cancelled, Crashed
 from alignflow.lease import Lease
 from alignflow.run import Run
 from alignflow.step import BatchRef
-from tasks.stages import BATCH
+from flows.runner import batch_runner
 
 
 @contextmanager
@@ -65,8 +65,9 @@ def mark_interrupted() -> None:
 def run_stage(run: Run, stage: str, refs: list[BatchRef], options: dict[str, Any] | None = None) -> dict[str, int]:
     """Every batch of `stage` at once; returns rows per outcome over them. Batches the stage no longer has (its
     input shrank since an earlier attempt) are removed, so the stage holds exactly what this config makes."""
-    futures = [BATCH[stage].submit(run, stage, ref, options) for ref in refs]
-    records = [f.result() for f in futures]
+    with batch_runner(run.config) as runner:
+        futures = [runner.submit(run, stage, ref, options) for ref in refs]
+        records = [f.result() for f in futures]
     run.prune(stage, {ref.number for ref in refs})
     return totals(records)
 

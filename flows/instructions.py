@@ -12,7 +12,8 @@ from alignflow.step import BatchRef
 from alignflow.target import Target
 from flows import deployed
 from flows.batches import writing
-from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run
+from flows.runner import BatchRunner, batch_runner
+from tasks.stages import STOPPED_BY_BUDGET, start_run
 
 
 class Rounds:
@@ -20,8 +21,9 @@ class Rounds:
     it kept. A round an earlier attempt made is always run again (it is checkpointed: nothing is asked); a new
     round starts only while `enough()` says no and no budget is spent (`stopped_by` then says which)."""
 
-    def __init__(self, run: Run, target: Target, enough: Callable[[], bool], tokens: Callable[[], int]):
-        self.run, self.target, self.enough, self.tokens = run, target, enough, tokens
+    def __init__(self, run: Run, runner: BatchRunner, target: Target, enough: Callable[[], bool],
+                 tokens: Callable[[], int]):
+        self.run, self.runner, self.target, self.enough, self.tokens = run, runner, target, enough, tokens
         self.records: list[dict[str, Any]] = []
         self.stopped_by: str | None = None
         self.stopped_by_budget: str | None = None
@@ -33,7 +35,9 @@ class Rounds:
             self.stopped_by = self.target.spent(number, self.tokens() if fresh else 0)
             if self.stopped_by or (fresh and self.enough()):
                 return
-            state = BATCH["instructions"](self.run, "instructions", BatchRef(number), return_state=True)
+            future = self.runner.submit(self.run, "instructions", BatchRef(number))
+            future.wait()
+            state = future.state
             if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
                 self.stopped_by_budget = state.message.removeprefix(STOPPED_BY_BUDGET)
                 return
@@ -57,13 +61,13 @@ def instructions_flow(config: PipelineConfig, run_id: str, allow_config_change: 
     target = Target.of(config)
     if target.dataset != "instructions":
         raise ValueError(f"instructions.target names the {target.dataset} dataset: run the pipeline to make it")
-    with writing(run):
+    with writing(run), batch_runner(run.config) as runner:
         start_run(run, ["seeds", "instructions"], {}, allow_config_change)
-        return _rounds(run, target)
+        return _rounds(run, runner, target)
 
 
-def _rounds(run: Run, target: Target) -> int:
-    rounds = Rounds(run, target, enough=lambda: rounds.kept >= target.rows, tokens=lambda: rounds.spent_tokens)
+def _rounds(run: Run, runner: BatchRunner, target: Target) -> int:
+    rounds = Rounds(run, runner, target, enough=lambda: rounds.kept >= target.rows, tokens=lambda: rounds.spent_tokens)
     logger = get_run_logger()
     for record in rounds:
         logger.info("round %d: %s (kept so far %d of %d)", record["number"], record["counts"], rounds.kept, target.rows)

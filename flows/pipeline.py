@@ -20,7 +20,6 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from alignflow import review
 from alignflow.config import PipelineConfig
-from alignflow.llm import endpoint
 from alignflow.run import Run
 from alignflow.stages import pipeline_stages
 from alignflow.responses import Plan
@@ -34,7 +33,8 @@ from flows.review import review_stages
 from tasks.constitution import write_cai_datasets
 from tasks.report import (QUARANTINE_STATE, RunProgress, announce_completed, final_state, publish_summary,
                           publish_traffic)
-from tasks.stages import BATCH, STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
+from flows.runner import BatchRunner, batch_runner
+from tasks.stages import STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
 WORKERS = 16
@@ -45,8 +45,8 @@ class Chains:
     """The batches downstream of the instruction rounds: batch `n` of responses, revisions, judgments and pairs
     covers the same instructions, and each task starts as soon as its own upstream batch is done."""
 
-    def __init__(self, run: Run, options: dict[str, dict[str, Any]]):
-        self.run, self.options = run, options
+    def __init__(self, run: Run, runner: BatchRunner, options: dict[str, dict[str, Any]]):
+        self.run, self.runner, self.options = run, runner, options
         self.stages = ["responses", *(["revisions"] if run.config.constitution.enabled else []), "judgments", "pairs"]
         self.futures: dict[str, list[PrefectFuture]] = {stage: [] for stage in self.stages}
         self.plan = Plan(run.config)
@@ -63,7 +63,7 @@ class Chains:
             self.sizes.append(ref.stop - ref.start)
 
     def _submit(self, stage: str, ref: BatchRef, wait_for: list[PrefectFuture] | None = None) -> PrefectFuture:
-        future = BATCH[stage].submit(self.run, stage, ref, self.options.get(stage), wait_for=wait_for)
+        future = self.runner.submit(self.run, stage, ref, self.options.get(stage), wait_for=wait_for)
         self.futures[stage].append(future)
         return future
 
@@ -131,18 +131,18 @@ def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_cha
     """
     run = Run(deployed.config_of(config, overrides), deployed.run_id_of(run_id))
     deployed.tag(run.run_id)
-    with writing(run):
-        return _pipeline(run, allow_config_change)
+    with writing(run), batch_runner(run.config) as runner:
+        return _pipeline(run, runner, allow_config_change)
 
 
-def _pipeline(run: Run, allow_config_change: list[str] | None):
+def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | None):
     config = run.config
     stages, options = pipeline_stages(config)
     start_run(run, stages, options, allow_config_change)
 
     target = Target.of(config)
-    chains = Chains(run, options)
-    rounds = Rounds(run, target, enough=lambda: enough(target, rounds, chains),
+    chains = Chains(run, runner, options)
+    rounds = Rounds(run, runner, target, enough=lambda: enough(target, rounds, chains),
                     tokens=lambda: rounds.spent_tokens + chains.tokens())
     progress = RunProgress(run.run_id)
 
@@ -155,7 +155,7 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
     if stopped := rounds.stopped_by_budget or chains.wait(show):  # stop cleanly: the same run id resumes
         chains.wait()
         summary = write_manifest(run, {"stopped": f"{stopped}; resume with a higher llm.budget_usd",
-                                       "endpoints": endpoint.traffic(config.llms())})
+                                       "endpoints": runner.traffic(config)})
         publish_traffic(summary)
         publish_summary(run.store, summary)
         return Completed(message=summary["stopped"], data=summary)
@@ -164,7 +164,7 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
     for stage in chains.stages:
         run.prune(stage, set(range(len(chains.sizes))))
     if ask_about_quarantine(run):  # a person released batches: make what follows from them, then go on
-        return _pipeline(run, allow_config_change)
+        return _pipeline(run, runner, allow_config_change)
     if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead
         summary = write_manifest(run, {"stopped": f"waiting for review of {', '.join(waiting)}: `alignflow review "
                                                   f"{run.url}` shows the sample and records the decision; then resume",
@@ -178,7 +178,7 @@ def _pipeline(run: Run, allow_config_change: list[str] | None):
     if message := target.message(made, rounds.stopped_by):
         get_run_logger().warning(message)
     summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by), "stopped": None,
-                                   "endpoints": endpoint.traffic(config.llms()),
+                                   "endpoints": runner.traffic(config),
                                    **({"review": reviewed} if (reviewed := review.summary(run)) else {})})
     publish_traffic(summary)
     progress.update(1.0)

@@ -19,7 +19,7 @@ from prefect.exceptions import ObjectNotFound
 from alignflow.config import LLMConfig
 from alignflow.llm import endpoint
 
-LEASE_S = 600  # a slot outlives a hung request by this much at most, should its process die
+LEASE_S = 60  # the shortest lease the server grants: renewed while held, a dead process's slots return within it
 
 
 @asynccontextmanager

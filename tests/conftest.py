@@ -41,6 +41,7 @@ def s3_server():
     """A moto S3 server on loopback, with the AWS env pointing at it for the module's lifetime."""
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per S3 request in a failure's report
     server.start()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")

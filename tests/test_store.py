@@ -5,7 +5,6 @@ import os
 import uuid
 from pathlib import Path
 
-import boto3
 import polars as pl
 import pytest
 
@@ -168,3 +167,15 @@ def test_checking_a_new_store_from_many_runs_at_once_makes_and_removes_nothing(t
     (tmp_path / "kept").mkdir()
     Store(str(tmp_path / "kept")).check_writable()
     assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_more_batches_than_one_s3_listing_page(store):
+    """S3 lists at most 1,000 keys a page: a stage with more batches is read, scanned and removed whole."""
+    n = 1_005
+    for i in range(n):
+        store.write_parquet(batch_key("big", "responses", "kept", i), pl.DataFrame({"id": [i]}))
+    assert len(store.list_dir("big/responses/kept")) == len(store.list("big/")) == n
+    assert store.read_dir("big/responses/kept")["id"].to_list() == list(range(n))
+    assert store.scan_dir("big/responses/kept").select(pl.len()).collect().item() == n
+    store.delete_prefix("big/")
+    assert store.list("big/") == []

@@ -231,6 +231,8 @@ class RougeIndex:
         if not rows:
             return _Candidates(self, tokens, np.zeros(0, dtype=np.int64), np.zeros(0))
         overlap = np.bincount(np.concatenate(rows), weights=np.concatenate(overlap), minlength=len(self))
+        rows.clear()  # views of the postings: a sampling profiler (Dask's) can keep this frame, and a live view
+        # would make the next append to a posting raise BufferError
         shared = np.flatnonzero(overlap)
         return _Candidates(self, tokens, shared, f_measure(overlap[shared], len(tokens), self._lengths.view[shared]))
 
