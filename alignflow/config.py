@@ -399,13 +399,21 @@ def _set_dotted(data: dict[str, Any], dotted: str) -> None:
 _UNION_TAGS = {"int", "constrained-int", "float", "str", "bool", "dict", "list"}
 
 
+def _word_tag(part: Any) -> bool:
+    """The Literal branch of a union, as pydantic names it in an error's location (`literal['threads','dask']`)."""
+    return isinstance(part, str) and part.startswith("literal[")
+
+
 def _describe(err: ValidationError) -> str:
     """The first error as `key.path: message`. For a key that takes one of several shapes (`target`: a number or
     a mapping), a shape the value does not have is not what went wrong, so its error is passed over."""
     errors = err.errors()
-    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    shaped = [e for e in errors if not e["type"].endswith("_type")] or errors
+    # a word-or-section key (`runner: dask` or `runner: {dask: {...}}`): a section's error says more than the word's
+    first = next((e for e in shaped if not (isinstance(e["input"], dict) and any(map(_word_tag, e["loc"])))),
+                 shaped[0])
     loc = [str(p) for p in first["loc"]
-           if p != "[key]" and not (isinstance(p, str) and (p in _UNION_TAGS or p[:1].isupper()))]
+           if p != "[key]" and not (isinstance(p, str) and (p in _UNION_TAGS or p[:1].isupper() or _word_tag(p)))]
     where = ".".join(loc) or "config"
     if first["type"] == "extra_forbidden":
         return f"{where}: unknown key"

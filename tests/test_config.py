@@ -29,12 +29,21 @@ def test_set_overrides_any_key_with_typed_values():
     ("responses.per_instruction=0", "responses.per_instruction:"),
     ("seeds=missing.jsonl", "seeds file not found: missing.jsonl"),
     ("llm.rpm", "expected KEY=VALUE"),
+    ("runner=spark", "runner:"),
+    ("runner.dask.workers=0", "runner.dask.workers:"),
 ])
 def test_bad_config_names_the_key(override, message):
     with pytest.raises(ConfigError) as err:
         load_config(QUICKSTART, [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_the_runner_is_threads_a_local_cluster_or_a_running_one():
+    assert load_config(QUICKSTART).dask is None
+    assert load_config(QUICKSTART, ["runner=dask"]).dask.address is None
+    cluster = load_config(QUICKSTART, ["runner.dask.address=tcp://10.0.0.5:8786"]).dask
+    assert (cluster.address, cluster.workers) == ("tcp://10.0.0.5:8786", 2)
 
 
 def test_api_key_comes_from_the_named_environment_variable(monkeypatch):
