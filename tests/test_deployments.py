@@ -155,7 +155,7 @@ def resume_form(page, flow_run_id: str):
     page.goto(f"{page.base}/runs/flow-run/{flow_run_id}", wait_until="networkidle")
     page.get_by_role("button", name="Resume").first.click()
     dialog = page.get_by_role("dialog")
-    dialog.get_by_role("button", name="Submit").wait_for()
+    dialog.locator("textarea").first.wait_for()  # the run input's form, which the UI draws once it has loaded it
     return dialog
 
 
@@ -387,6 +387,7 @@ def test_the_run_form_shows_titles_descriptions_and_the_real_defaults(deployed):
                   wait_until="networkidle")
         form = page.locator("body")
         form.get_by_text("Requests per minute").first.wait_for()
+        page.wait_for_function("() => [...document.querySelectorAll('input')].some(f => f.value === '160')")  # drawn
         text = form.inner_text()
         values = page.eval_on_selector_all("input, textarea", "fields => fields.map(f => f.value)")
         screenshot(page, "run-form.png")
