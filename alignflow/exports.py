@@ -58,7 +58,7 @@ class ExportError(Exception):
 
 def read_stage(store: Store, run_id: str, stage: str) -> pl.DataFrame:
     """A stage's kept rows with every column of its schema, even when older batches lack some."""
-    return store.read_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
+    return scan_stage(store, run_id, stage).collect()
 
 
 def scan_stage(store: Store, run_id: str, stage: str) -> pl.LazyFrame:

@@ -84,7 +84,7 @@ class _Local:
         return pl.scan_parquet(self._existing(key))
 
     def row_count(self, key: str) -> int:
-        return pl.scan_parquet(self._existing(key)).select(pl.len()).collect().item()
+        return self.scan_parquet(key).select(pl.len()).collect().item()
 
     def exists(self, key: str) -> bool:
         return (self.root / key).is_file()
@@ -207,7 +207,7 @@ class _S3:
     def row_count(self, key: str) -> int:
         """From the Parquet footer alone: polars fetches only the metadata."""
         try:
-            return pl.scan_parquet(self.join(key), storage_options=self.storage_options()).select(pl.len()).collect().item()
+            return self.scan_parquet(key).select(pl.len()).collect().item()
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {self.join(key)}") from None
 
@@ -324,12 +324,7 @@ class Store:
         With ``schema``, every column of it is there (null where older batches lack it), and the result is
         empty with that schema when there are no files.
         """
-        keys = [k for k in self._backend.list_dir(_dir_prefix(key_prefix)) if k.endswith(".parquet")]
-        if not keys:
-            return pl.DataFrame(schema=schema)
-        df = pl.concat([self.read_parquet(k) for k in keys], how="diagonal_relaxed")
-        missing = {name: dtype for name, dtype in (schema or {}).items() if name not in df.columns}
-        return df.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in missing.items()) if missing else df
+        return self.scan_dir(key_prefix, schema).collect()
 
     def scan_dir(self, key_prefix: str, schema: dict | None = None) -> pl.LazyFrame:
         """``read_dir`` as a lazy query: a file is read only as far as the query needs (its columns, its rows)."""
