@@ -40,6 +40,7 @@ from alignflow.run import Run
 from alignflow.store import Store
 
 PairsFormat = Literal["string", "messages"]
+Frame = pl.DataFrame | pl.LazyFrame  # the datasets are built the same way, eagerly in tests, lazily for files
 FORMATS = ("dpo", "sft", "kto", "jsonl", "argilla")
 RATINGS = range(1, 6)
 ARGILLA_SETTINGS = ".argilla/settings.json"
@@ -56,13 +57,8 @@ class ExportError(Exception):
     """A user error in an export (where it goes, what it needs): printed as one line."""
 
 
-def read_stage(store: Store, run_id: str, stage: str) -> pl.DataFrame:
-    """A stage's kept rows with every column of its schema, even when older batches lack some."""
-    return scan_stage(store, run_id, stage).collect()
-
-
 def scan_stage(store: Store, run_id: str, stage: str) -> pl.LazyFrame:
-    """`read_stage` as a lazy query."""
+    """A stage's kept rows as a lazy query, with every column of its schema even when older batches lack some."""
     return store.scan_dir(f"{run_id}/{stage}/kept", schema=schema_for(stage))
 
 
@@ -74,7 +70,7 @@ def _as_turn(column: str, role: str, pairs_format: PairsFormat) -> pl.Expr:
     return text.alias(column)
 
 
-def dpo(pairs: pl.DataFrame, pairs_format: PairsFormat = "string") -> pl.DataFrame:
+def dpo(pairs: Frame, pairs_format: PairsFormat = "string") -> Frame:
     return pairs.select(
         _as_turn("prompt", "user", pairs_format), _as_turn("chosen", "assistant", pairs_format),
         _as_turn("rejected", "assistant", pairs_format), "score_chosen", "score_rejected", "margin",
@@ -83,7 +79,7 @@ def dpo(pairs: pl.DataFrame, pairs_format: PairsFormat = "string") -> pl.DataFra
     )
 
 
-def sft(responses: pl.DataFrame, judgments: pl.DataFrame) -> pl.DataFrame:
+def sft(responses: Frame, judgments: Frame) -> Frame:
     """The best-rated response of every judged instruction as a two-turn conversation (ties: lowest response id).
     The best is chosen on ids and ratings alone; only the chosen responses' texts are joined in."""
     rated = judgments.filter(pl.col("rating").is_not_null()).select("response_id", "rating")
@@ -99,7 +95,7 @@ def sft(responses: pl.DataFrame, judgments: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def kto(pairs: pl.DataFrame, pairs_format: PairsFormat = "string") -> pl.DataFrame:
+def kto(pairs: Frame, pairs_format: PairsFormat = "string") -> Frame:
     """Every pair unpaired into a desirable and an undesirable row; a response on both sides of pairs is left out."""
     sides = [pairs.select("prompt", pl.col(side).alias("completion"), pl.lit(label).alias("label"),
                           pl.col(f"score_{side}").alias("score"), "instruction_id",
@@ -112,8 +108,8 @@ def kto(pairs: pl.DataFrame, pairs_format: PairsFormat = "string") -> pl.DataFra
                        pl.exclude("prompt", "completion"))
 
 
-def training_sets(pairs: pl.DataFrame, responses: pl.DataFrame, judgments: pl.DataFrame,
-                  pairs_format: PairsFormat = "string") -> dict[str, pl.DataFrame]:
+def training_sets(pairs: Frame, responses: Frame, judgments: Frame,
+                  pairs_format: PairsFormat = "string") -> dict[str, Frame]:
     return {"dpo": dpo(pairs, pairs_format), "sft": sft(responses, judgments), "kto": kto(pairs, pairs_format)}
 
 
@@ -244,24 +240,20 @@ def _write_dir(out: Path, files: dict[str, Any]) -> None:
         raise
 
 
-def _nonempty(df: pl.DataFrame, run_id: str, what: str) -> pl.DataFrame:
-    if df.is_empty():
-        raise ExportError(f"nothing to export: run {run_id} has no {what}")
-    return df
-
-
 def export(store: Store, run_id: str, fmt: str, out: Path, pairs_format: PairsFormat = "string") -> int:
-    """Write one format of a run's kept data to the local path `out`; returns the rows written.
+    """Write one format of a run's kept data to the local path `out`; returns the rows written. DPO, SFT, KTO and
+    JSONL stream from the run's batch files like `write_datasets`; Argilla's records are one JSON list, built whole.
 
     Zero rows is an ExportError, not an empty file: `datasets.load_dataset` cannot load one."""
-    if fmt == "sft":
-        df = _nonempty(sft(read_stage(store, run_id, "responses"), read_stage(store, run_id, "judgments")), run_id,
-                   "rated responses")
-    else:
-        pairs = _nonempty(read_stage(store, run_id, "pairs"), run_id, "kept pairs")
-        if fmt == "argilla":
-            _write_dir(out, argilla_dataset(pairs, read_stage(store, run_id, "judgments"), f"alignflow-{run_id}"))
-            return pairs.height
-        df = kto(pairs, pairs_format) if fmt == "kto" else dpo(pairs, pairs_format)
-    _write_file(out, df.write_ndjson if fmt == "jsonl" else df.write_parquet)
-    return df.height
+    pairs, responses, judgments = (scan_stage(store, run_id, stage) for stage in ("pairs", "responses", "judgments"))
+    query, what = {"sft": (sft(responses, judgments), "rated responses"),
+                   "kto": (kto(pairs, pairs_format), "responses with a KTO label")
+                   }.get(fmt, (dpo(pairs, pairs_format), "kept pairs"))
+    height = query.select(pl.len()).collect().item()  # projection pushdown: only ids and ratings are read
+    if not height:
+        raise ExportError(f"nothing to export: run {run_id} has no {what}")
+    if fmt == "argilla":
+        _write_dir(out, argilla_dataset(pairs.collect(), judgments.collect(), f"alignflow-{run_id}"))
+        return height
+    _write_file(out, query.sink_ndjson if fmt == "jsonl" else query.sink_parquet)
+    return height

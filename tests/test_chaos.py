@@ -59,7 +59,8 @@ def servers_of(prefect_home: Path) -> list[psutil.Process]:
 
 def kill_ten_times_then_finish(server: LLMTestServer, command, env: dict, seed: int, kill) -> list[float]:
     """Ten runs of `command(attempt)`, each killed by `kill` at a random point once it is asking the server, then
-    one run to the end; the times of the kills."""
+    one run to the end; the times of the kills. The point is drawn in requests asked, then a fraction of a second,
+    not in seconds alone: a fast machine would otherwise finish the run before the tenth kill."""
     rnd, kills = random.Random(seed), []
     for attempt in range(11):
         proc = start(command(attempt), env)
@@ -67,11 +68,11 @@ def kill_ten_times_then_finish(server: LLMTestServer, command, env: dict, seed: 
             _, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err.decode()[-2000:]
             return kills
-        asked = server.requests  # a temporary Prefect server takes a while to start: kill once the run is asking
-        if not _wait_for(lambda: server.requests > asked, proc):
-            continue  # it finished without asking anything
+        asked = server.requests + rnd.randint(1, 12)  # a temporary Prefect server takes a while to start
+        if not _wait_for(lambda: server.requests >= asked, proc):
+            continue  # it finished first
         try:
-            proc.wait(timeout=rnd.uniform(0.5, 3.0))
+            proc.wait(timeout=rnd.uniform(0.0, 0.5))
         except subprocess.TimeoutExpired:
             kill(proc)
             kills.append(time.time())

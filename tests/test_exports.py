@@ -299,11 +299,11 @@ def test_a_failed_write_leaves_the_previous_file_whole(run_dir, tmp_path, monkey
     assert export(run_dir, "dpo", out) == 0
     before = out.read_bytes()
 
-    def disk_full(df, file):  # half a file, then the disk is full
+    def disk_full(query, file):  # half a file, then the disk is full
         file.write(before[: len(before) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", disk_full)
+    monkeypatch.setattr(pl.LazyFrame, "sink_parquet", disk_full)
     assert export(run_dir, "dpo", out) == 2
     assert capsys.readouterr().err.strip().endswith(f"to {out} failed: No space left on device")
     assert out.read_bytes() == before
