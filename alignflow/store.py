@@ -24,6 +24,9 @@ import polars as pl
 OUTCOMES = ("kept", "rejected", "failed", "quarantine")
 
 Writer = Callable[[IO[bytes]], None]
+# batches written by an older alignflow may lack a column or a struct field, or have a narrower number type
+OLDER_BATCHES = pl.ScanCastOptions(integer_cast="upcast", float_cast="upcast", missing_struct_fields="insert",
+                                   extra_struct_fields="ignore")
 
 
 class Conflict(Exception):
@@ -80,8 +83,9 @@ class _Local:
     def read_parquet(self, key: str) -> pl.DataFrame:
         return pl.read_parquet(self._existing(key))
 
-    def scan_parquet(self, key: str) -> pl.LazyFrame:
-        return pl.scan_parquet(self._existing(key))
+    def scan_parquet(self, key: str | list[str], **options: Any) -> pl.LazyFrame:
+        keys = [key] if isinstance(key, str) else key
+        return pl.scan_parquet([self._existing(k) for k in keys], **options)
 
     def row_count(self, key: str) -> int:
         return self.scan_parquet(key).select(pl.len()).collect().item()
@@ -201,8 +205,9 @@ class _S3:
         except FileNotFoundError:
             raise FileNotFoundError(f"no such object: {self.join(key)}") from None
 
-    def scan_parquet(self, key: str) -> pl.LazyFrame:
-        return pl.scan_parquet(self.join(key), storage_options=self.storage_options())
+    def scan_parquet(self, key: str | list[str], **options: Any) -> pl.LazyFrame:
+        urls = self.join(key) if isinstance(key, str) else [self.join(k) for k in key]
+        return pl.scan_parquet(urls, storage_options=self.storage_options(), **options)
 
     def row_count(self, key: str) -> int:
         """From the Parquet footer alone: polars fetches only the metadata."""
@@ -321,19 +326,24 @@ class Store:
     def read_dir(self, key_prefix: str, schema: dict | None = None) -> pl.DataFrame:
         """All ``*.parquet`` directly under ``key_prefix``, concatenated in name order.
 
-        With ``schema``, every column of it is there (null where older batches lack it), and the result is
-        empty with that schema when there are no files.
+        With ``schema``, exactly its columns (null where older batches lack one), also when there are no files;
+        without, the union of the files' columns.
         """
         return self.scan_dir(key_prefix, schema).collect()
 
     def scan_dir(self, key_prefix: str, schema: dict | None = None) -> pl.LazyFrame:
-        """``read_dir`` as a lazy query: a file is read only as far as the query needs (its columns, its rows)."""
+        """``read_dir`` as a lazy query: a file is read only as far as the query needs (its columns, its rows).
+
+        With ``schema``, one scan over every file, cast to it: on S3 that is one object-store client fetching
+        the files in parallel, where a scan per file (needed only to union unknown schemas) took 40 s for 1,000
+        small batches against 4 s."""
         keys = [k for k in self._backend.list_dir(_dir_prefix(key_prefix)) if k.endswith(".parquet")]
         if not keys:
             return pl.LazyFrame(schema=schema)
-        rows = pl.concat([self._backend.scan_parquet(k) for k in keys], how="diagonal_relaxed")
-        missing = {name: dtype for name, dtype in (schema or {}).items() if name not in rows.collect_schema()}
-        return rows.with_columns(pl.lit(None, dtype).alias(name) for name, dtype in missing.items()) if missing else rows
+        if schema is None:
+            return pl.concat([self._backend.scan_parquet(k) for k in keys], how="diagonal_relaxed")
+        return self._backend.scan_parquet(keys, schema=schema, missing_columns="insert", extra_columns="ignore",
+                                          cast_options=OLDER_BATCHES)
 
     def write_json(self, key: str, obj: Any) -> None:
         """Write ``obj`` as JSON (indent 2, sorted keys) atomically."""

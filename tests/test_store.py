@@ -8,6 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from alignflow.records import schema_for
 from alignflow.store import OUTCOMES, Store, batch_key
 
 from conftest import BUCKET
@@ -75,6 +76,22 @@ def test_read_dir_empty_with_schema(store):
     assert empty.height == 0
     assert empty.schema == pl.Schema(schema)
     assert store.read_dir("nothing/here").shape == (0, 0)
+
+
+def test_read_dir_with_schema_reads_batches_an_older_version_wrote(store):
+    """A resumed run reads batches written before a column, a struct field or a wider number type was added."""
+    schema = {"id": pl.String, "n": pl.Int64, "scores": pl.Struct({"a": pl.Float64, "b": pl.Float64}),
+              "reason": pl.String}
+    old = pl.DataFrame({"id": ["x"], "n": [1], "scores": [{"a": 2.0}]},
+                       schema={"id": pl.String, "n": pl.Int32, "scores": pl.Struct({"a": pl.Float32})})
+    store.write_parquet(batch_key("run1", "judgments", "kept", 0), old)
+    store.write_parquet(batch_key("run1", "judgments", "kept", 1),
+                        pl.DataFrame([{"id": "y", "n": 2, "scores": {"a": 3.0, "b": 4.0}, "reason": None}],
+                                     schema=schema))
+    rows = store.read_dir("run1/judgments/kept", schema=schema)
+    assert rows.schema == pl.Schema(schema)
+    assert rows.to_dicts() == [{"id": "x", "n": 1, "scores": {"a": 2.0, "b": None}, "reason": None},
+                               {"id": "y", "n": 2, "scores": {"a": 3.0, "b": 4.0}, "reason": None}]
 
 
 def test_json_roundtrip(store):
@@ -173,9 +190,10 @@ def test_more_batches_than_one_s3_listing_page(store):
     """S3 lists at most 1,000 keys a page: a stage with more batches is read, scanned and removed whole."""
     n = 1_005
     for i in range(n):
-        store.write_parquet(batch_key("big", "responses", "kept", i), pl.DataFrame({"id": [i]}))
+        store.write_parquet(batch_key("big", "responses", "kept", i), pl.DataFrame({"id": [str(i)]}))
     assert len(store.list_dir("big/responses/kept")) == len(store.list("big/")) == n
-    assert store.read_dir("big/responses/kept")["id"].to_list() == list(range(n))
-    assert store.scan_dir("big/responses/kept").select(pl.len()).collect().item() == n
+    rows = store.read_dir("big/responses/kept", schema=schema_for("responses"))
+    assert rows["id"].to_list() == [str(i) for i in range(n)] and rows.columns == list(schema_for("responses"))
+    assert store.scan_dir("big/responses/kept", schema=schema_for("responses")).select(pl.len()).collect().item() == n
     store.delete_prefix("big/")
     assert store.list("big/") == []
