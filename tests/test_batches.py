@@ -5,8 +5,9 @@ from llm_server import LLMTestServer
 from pydantic import BaseModel, Field
 
 from alignflow.config import LLMConfig
+from alignflow.llm.anthropic_api import AnthropicBackend
 from alignflow.llm.client import LLM
-from alignflow.llm.remote import AnthropicBackend, OpenAIBackend
+from alignflow.llm.openai_api import OpenAIBackend
 
 
 class Rating(BaseModel):

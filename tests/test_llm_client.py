@@ -127,7 +127,7 @@ def test_a_refused_key_is_redacted_from_what_a_failed_row_keeps(provider):
 
 def test_a_bug_in_our_code_raises_instead_of_becoming_a_failed_row(monkeypatch):
     """Only provider and parse failures are failed rows; anything else is a bug, and a bug must be seen."""
-    from alignflow.llm.remote import OpenAIBackend
+    from alignflow.llm.openai_api import OpenAIBackend
 
     async def broken(self, request, timeout_s):
         raise KeyError("a bug")

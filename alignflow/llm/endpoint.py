@@ -159,7 +159,8 @@ def _backend(config: LLMConfig, api_key: str | None) -> Backend:
         from alignflow.llm.local import LocalBackend
 
         return LocalBackend(config.model, max_batch=config.max_concurrency)
-    from alignflow.llm.remote import AnthropicBackend, OpenAIBackend
-
-    cls = OpenAIBackend if config.provider == "openai" else AnthropicBackend
-    return cls(config.model_name, api_key=api_key, base_url=config.base_url)
+    if config.provider == "openai":
+        from alignflow.llm.openai_api import OpenAIBackend as Remote
+    else:
+        from alignflow.llm.anthropic_api import AnthropicBackend as Remote
+    return Remote(config.model_name, api_key=api_key, base_url=config.base_url)
