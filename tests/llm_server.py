@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import sys
 import threading
 import time
 import uuid
@@ -461,6 +462,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 256
     owner: "LLMTestServer"
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client killed mid-request (the chaos tests do it on purpose) is no error of the server's."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class LLMTestServer:
