@@ -25,7 +25,7 @@ run: install
 	$(BIN)/alignflow run configs/quickstart.yaml
 
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The UI tests drive Debian's chromium (playwright downloads no browser); as root, install it if it is missing.
 browser:
