@@ -7,7 +7,6 @@ from typing import Any
 
 import polars as pl
 
-
 PROVENANCE = {
     "provider": pl.String,
     "model": pl.String,
@@ -53,13 +52,15 @@ CAI_LABEL = {"id": pl.String, "prompt_id": pl.String, "prompt": pl.String, "resp
              "choice_forward": pl.String, "choice_reversed": pl.String, "reason_forward": pl.String,
              "reason_reversed": pl.String, "label": pl.Float64, "tie": pl.Boolean}
 
+OUTCOMES = ("kept", "rejected", "failed", "quarantine")  # where every input row of a stage ends
+# the rows of each stage's output, in pipeline order (the order manifests list them)
 SCHEMAS: dict[str, dict[str, pl.DataType]] = {
     "seeds": INSTRUCTION,
     "instructions": {**INSTRUCTION, **PROVENANCE},
     "responses": {**RESPONSE, **PROVENANCE},
+    "revisions": {**REVISION, **PROVENANCE},
     "judgments": {**JUDGMENT, **PROVENANCE},
     "pairs": PAIR,
-    "revisions": {**REVISION, **PROVENANCE},
     "cai_labels": {**CAI_LABEL, **PROVENANCE},
 }
 

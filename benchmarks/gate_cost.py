@@ -18,17 +18,17 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignflow import gate
 from alignflow.config import DedupConfig, LLMConfig
-from alignflow.dedup import make_index
-from alignflow.expectations import load_suite, suite_path
+from alignflow.engine.runner import provenance
+from alignflow.engine.step import Answer, Job
+from alignflow.engine.store import Store, batch_key
 from alignflow.llm.client import LLM
 from alignflow.llm.types import Result
 from alignflow.prompts import load
+from alignflow.quality import gate
+from alignflow.quality.dedup import make_index
+from alignflow.quality.expectations import load_suite, suite_path
 from alignflow.records import frame, stable_id
-from alignflow.runner import provenance
-from alignflow.step import Answer, Job
-from alignflow.store import Store, batch_key
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "t0_train_prompts.jsonl.gz"
 STAGE = "responses"

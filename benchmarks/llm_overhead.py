@@ -23,6 +23,7 @@ from llm_server import LLMTestServer  # noqa: E402
 from alignflow.config import LLMConfig  # noqa: E402
 from alignflow.llm.cache import RequestCache  # noqa: E402
 from alignflow.llm.client import LLM  # noqa: E402
+from alignflow.llm.generate import answer_all  # noqa: E402
 
 
 def messages(i: int) -> list[dict[str, str]]:
@@ -49,7 +50,7 @@ def alignflow_llm(url: str, n: int, concurrency: int, cache: RequestCache | None
                         max_concurrency=concurrency, max_tokens=64), cache)
     requests = [llm.request(messages(i)) for i in range(n)]
     started = time.perf_counter()
-    results = llm.generate(requests)
+    results = answer_all(llm, requests)
     assert all(r.ok for r in results)
     return time.perf_counter() - started
 

@@ -11,7 +11,7 @@ the steadier figure) and "peak MB": the growth of its peak resident set (VmHWM, 
 dedup through /proc/self/clear_refs) over its resident set before the dedup.
 
 Quality is measured against exact Jaccard similarity of the same shingle sets computed independently
-(`alignflow.filters.normalise`, Python sets, a sparse matrix product): over all pairs of T0 prompts, and on
+(`alignflow.quality.filters.normalise`, Python sets, a sparse matrix product): over all pairs of T0 prompts, and on
 the derived set over all pairs among the rows of --groups random sources. Recall: the share of pairs at
 Jaccard >= threshold whose later row was removed. Precision: the share of removed rows with an earlier row
 at Jaccard >= threshold; and the share of (removed row, row it was matched to) pairs at Jaccard >= threshold.
@@ -36,8 +36,8 @@ import polars as pl
 import scipy.sparse as sparse
 
 from alignflow.config import DedupConfig
-from alignflow.dedup import threshold_of
-from alignflow.filters import normalise
+from alignflow.quality.dedup import threshold_of
+from alignflow.quality.filters import normalise
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "t0_train_prompts.jsonl.gz"
 STRENGTHS = (0.0, 0.02, 0.05, 0.1, 0.2)  # per row: the share of words dropped, and as many swapped, recased, punctuated
@@ -133,7 +133,7 @@ class Clock:
 
 def _ours(path: str, config: dict, queue) -> None:
     """In a fresh process: dedup the parquet's `text` column; report time, memory and the matched rows."""
-    from alignflow.dedup.minhash import MinHashIndex
+    from alignflow.quality.dedup.minhash import MinHashIndex
 
     texts = pl.read_parquet(path)["text"]
     ids = [str(i) for i in range(len(texts))]

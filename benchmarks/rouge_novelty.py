@@ -23,8 +23,8 @@ import numpy as np
 from rouge_score import rouge_scorer
 
 from alignflow.config import DedupConfig
-from alignflow.dedup import Decisions
-from alignflow.dedup.rouge import RougeIndex
+from alignflow.quality.dedup import Decisions
+from alignflow.quality.dedup.rouge import RougeIndex
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from llm_server import LLMTestServer  # noqa: E402
 
-from alignflow.store import Store  # noqa: E402
+from alignflow.engine.store import Store  # noqa: E402
 
 BUCKET = "scale"
 

@@ -59,19 +59,20 @@ async def bare_sdk(url: str, n: int, cap: int) -> tuple[int, int]:
 def alignflow_llm(url: str, n: int, cap: int) -> tuple[int, int]:
     from alignflow.config import LLMConfig
     from alignflow.llm.client import LLM
+    from alignflow.llm.generate import answer_all
 
     llm = LLM(LLMConfig(provider="openai", model="bench", base_url=url, api_key_env="BENCH_KEY", max_concurrency=cap,
                         max_tokens=64, max_retries=8))
-    results = llm.generate([llm.request(prompt(i)) for i in range(n)])
+    results = answer_all(llm, [llm.request(prompt(i)) for i in range(n)])
     return sum(r.ok for r in results), sum(not r.ok for r in results)
 
 
 def alignflow_stage(url: str, n: int, cap: int, store: Path) -> tuple[int, int]:
     """The responses flow over a run whose instruction rounds hold n / 2 instructions (two samples each)."""
     from alignflow.config import parse_config
+    from alignflow.engine.run import Run
+    from alignflow.engine.store import batch_key
     from alignflow.records import frame, stable_id
-    from alignflow.run import Run
-    from alignflow.store import batch_key
     from flows.responses import responses_flow
 
     run_id = f"stage-{cap}-{time.time_ns()}"
@@ -86,11 +87,11 @@ def alignflow_stage(url: str, n: int, cap: int, store: Path) -> tuple[int, int]:
         rows = [{"id": stable_id("bench", i), "instruction": prompt(i)[0]["content"], "source": "self_instruct",
                  "parent_ids": [], "round": number} for i in range(start, min(start + per_round, n // 2))]
         run.store.write_parquet(batch_key(run_id, "instructions", "kept", number), frame(rows, "instructions"))
-        run.write_checkpoint("instructions", number, {"number": number, "key": "bench", "counts": {
+        run.dir.write_checkpoint("instructions", number, {"number": number, "key": "bench", "counts": {
             "kept": len(rows), "rejected": 0, "failed": 0, "quarantine": 0}})
     responses_flow(config, run_id)
-    answered = sum(run.read("responses", outcome).height for outcome in ("kept", "rejected", "quarantine"))
-    return answered, run.read("responses", "failed").height
+    answered = sum(run.dir.read("responses", outcome).height for outcome in ("kept", "rejected", "quarantine"))
+    return answered, run.dir.read("responses", "failed").height
 
 
 def distilabel(python: str, url: str, n: int, cap: int) -> tuple[int, int]:

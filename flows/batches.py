@@ -14,9 +14,9 @@ from prefect.exceptions import TerminationSignal
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Crashed
 
-from alignflow.lease import Lease
-from alignflow.run import Run
-from alignflow.step import BatchRef
+from alignflow.engine.lease import Lease
+from alignflow.engine.run import Run
+from alignflow.stages import registry
 from flows.runner import batch_runner
 
 
@@ -62,13 +62,14 @@ def mark_interrupted() -> None:
                                                                      "resumes it"), force=True)
 
 
-def run_stage(run: Run, stage: str, refs: list[BatchRef], options: dict[str, Any] | None = None) -> dict[str, int]:
+def run_stage(run: Run, stage: str, options: dict[str, Any] | None = None) -> dict[str, int]:
     """Every batch of `stage` at once; returns rows per outcome over them. Batches the stage no longer has (its
     input shrank since an earlier attempt) are removed, so the stage holds exactly what this config makes."""
+    refs = registry.step(run, stage, **(options or {})).refs()
     with batch_runner(run.config) as runner:
         futures = [runner.submit(run, stage, ref, options) for ref in refs]
         records = [f.result() for f in futures]
-    run.prune(stage, {ref.number for ref in refs})
+    run.dir.prune(stage, {ref.number for ref in refs})
     return totals(records)
 
 

@@ -6,7 +6,8 @@ import os
 import signal
 import sys
 
-from alignflow import cli, launch
+from alignflow.cli import launch
+from alignflow.cli import main as cli
 from alignflow.config import LLMOverride, PipelineConfig
 
 
@@ -100,7 +101,7 @@ def register_limits(sub) -> None:
 
 
 def cmd_limits_create(args) -> int:
-    from alignflow.commands import fail
+    from alignflow.cli import fail
     from alignflow.config import ConfigError, load_config
     from alignflow.llm import endpoint
 

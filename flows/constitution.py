@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from alignflow import cai_labels, revisions
 from alignflow.config import LLMOverride, PipelineConfig
-from alignflow.constitution import load_constitution
-from alignflow.run import Run
+from alignflow.engine.run import Run
+from alignflow.stages import cai_labels
+from alignflow.stages.constitution import load_constitution
 from flows import deployed
 from flows.batches import run_stage, writing
 from tasks.constitution import write_cai_datasets, write_cai_labels
@@ -26,7 +26,7 @@ def constitution_flow(config: PipelineConfig, run_id: str, prompts: str | None =
     options["constitution"].check_rounds(config.constitution.rounds)
     with writing(run):
         start_run(run, ["revisions"], {"revisions": options}, ["revisions"])
-        rows = run_stage(run, "revisions", revisions.Revisions(run, **options).refs(), options)
+        rows = run_stage(run, "revisions", options)
         datasets = write_cai_datasets(run)
         write_manifest(run)
     get_run_logger().info("revisions: %s; datasets: %s", rows, datasets)
@@ -43,9 +43,9 @@ def cai_labels_flow(config: PipelineConfig, run_id: str, pairs: str | None = Non
     options = {"constitution": load_constitution(config.constitution.file), "pairs": pairs}
     with writing(run):
         start_run(run, ["cai_labels"], {"cai_labels": options}, ["cai_labels"])
-        rows = run_stage(run, "cai_labels", cai_labels.CaiLabels(run, **options).refs(), options)
+        rows = run_stage(run, "cai_labels", options)
         labelled = write_cai_labels(run)
         write_manifest(run)
-    ties = int(run.read(cai_labels.STAGE)["tie"].sum())
+    ties = int(run.dir.read(cai_labels.STAGE)["tie"].sum())
     get_run_logger().info("labels: %s, %d ties", rows, ties)
     return {"rows": rows, "ties": ties, "datasets": {"cai_labels": labelled}}

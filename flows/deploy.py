@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from alignflow.commands import fail
+from alignflow.cli import fail
 from alignflow.config import ConfigError, load_config
 
 AUTOMATIONS = Path(__file__).resolve().parent.parent / "deployments" / "automations.yaml"

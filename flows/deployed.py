@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.runtime import deployment, flow_run
 
 from alignflow.config import PipelineConfig, overridden
-from alignflow.run import new_run_id
+from alignflow.engine.run import new_run_id
 
 TAG = "alignflow"
 

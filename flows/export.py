@@ -6,8 +6,8 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from alignflow.exports import export
-from alignflow.store import open_run_dir
+from alignflow.engine.store import open_run_dir
+from alignflow.stages.exports import export
 
 EXTENSION = {"dpo": "parquet", "sft": "parquet", "kto": "parquet", "jsonl": "jsonl", "argilla": "argilla"}
 

@@ -7,9 +7,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from alignflow.config import PipelineConfig
-from alignflow.run import Run
-from alignflow.step import BatchRef
-from alignflow.target import Target
+from alignflow.engine.run import Run
+from alignflow.engine.step import BatchRef
+from alignflow.engine.target import Target
 from flows import deployed
 from flows.batches import writing
 from flows.runner import BatchRunner, batch_runner
@@ -31,7 +31,7 @@ class Rounds:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             number = len(self.records)
-            fresh = self.run.checkpoint("instructions", number) is None
+            fresh = self.run.dir.checkpoint("instructions", number) is None
             self.stopped_by = self.target.spent(number, self.tokens() if fresh else 0)
             if self.stopped_by or (fresh and self.enough()):
                 return
@@ -71,7 +71,7 @@ def _rounds(run: Run, runner: BatchRunner, target: Target) -> int:
     logger = get_run_logger()
     for record in rounds:
         logger.info("round %d: %s (kept so far %d of %d)", record["number"], record["counts"], rounds.kept, target.rows)
-    run.prune("instructions", set(range(len(rounds.records))))
+    run.dir.prune("instructions", set(range(len(rounds.records))))
     if message := target.message(rounds.kept, rounds.stopped_by):
         logger.warning(message)
     return rounds.kept

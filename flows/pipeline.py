@@ -18,22 +18,28 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from alignflow import review
 from alignflow.config import PipelineConfig
-from alignflow.run import Run
-from alignflow.stages import pipeline_stages
-from alignflow.responses import Plan
-from alignflow.step import BatchRef
-from alignflow.target import COUNTED_BY, Target
+from alignflow.engine.run import Run
+from alignflow.engine.step import BatchRef
+from alignflow.engine.target import COUNTED_BY, Target
+from alignflow.review import decisions as review
+from alignflow.stages import registry
+from alignflow.stages.responses import Plan
 from flows import deployed
 from flows.batches import writing
 from flows.instructions import Rounds
 from flows.quarantine import ask_about_quarantine
 from flows.review import review_stages
-from tasks.constitution import write_cai_datasets
-from tasks.report import (QUARANTINE_STATE, RunProgress, announce_completed, final_state, publish_summary,
-                          publish_traffic)
 from flows.runner import BatchRunner, batch_runner
+from tasks.constitution import write_cai_datasets
+from tasks.report import (
+    QUARANTINE_STATE,
+    RunProgress,
+    announce_completed,
+    final_state,
+    publish_summary,
+    publish_traffic,
+)
 from tasks.stages import STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
@@ -45,24 +51,25 @@ class Chains:
     """The batches downstream of the instruction rounds: batch `n` of responses, revisions, judgments and pairs
     covers the same instructions, and each task starts as soon as its own upstream batch is done."""
 
-    def __init__(self, run: Run, runner: BatchRunner, options: dict[str, dict[str, Any]]):
+    def __init__(self, run: Run, runner: BatchRunner, names: list[str], options: dict[str, dict[str, Any]]):
         self.run, self.runner, self.options = run, runner, options
-        self.stages = ["responses", *(["revisions"] if run.config.constitution.enabled else []), "judgments", "pairs"]
+        self.chained = registry.streamed(names)
+        self.stages = [stage.name for stage in self.chained]
         self.futures: dict[str, list[PrefectFuture]] = {stage: [] for stage in self.stages}
         self.plan = Plan(run.config)
         self.sizes: list[int] = []  # instructions per chain
 
     def add(self, round_record: dict[str, Any]) -> None:
+        """One chain per new slice of kept instructions: its first stage reads the slice, each later one batch n of
+        the stages it reads, and waits for them."""
         for ref in self.plan.add(round_record):
-            chain = BatchRef(ref.number, ref.number)
-            responses = self._submit("responses", ref)
-            if "revisions" in self.futures:
-                self._submit("revisions", chain, wait_for=[responses])
-            judged = self._submit("judgments", chain, wait_for=[responses])
-            self._submit("pairs", chain, wait_for=[judged])
+            chain: dict[str, PrefectFuture] = {}
+            for stage in self.chained:
+                waits = [chain[up] for up in stage.upstream if up in chain]
+                chain[stage.name] = self._submit(stage.name, BatchRef(ref.number, ref.number) if waits else ref, waits)
             self.sizes.append(ref.stop - ref.start)
 
-    def _submit(self, stage: str, ref: BatchRef, wait_for: list[PrefectFuture] | None = None) -> PrefectFuture:
+    def _submit(self, stage: str, ref: BatchRef, wait_for: list[PrefectFuture]) -> PrefectFuture:
         future = self.runner.submit(self.run, stage, ref, self.options.get(stage), wait_for=wait_for)
         self.futures[stage].append(future)
         return future
@@ -137,11 +144,11 @@ def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_cha
 
 def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | None):
     config = run.config
-    stages, options = pipeline_stages(config)
+    stages, options = registry.pipeline_stages(config)
     start_run(run, stages, options, allow_config_change)
 
     target = Target.of(config)
-    chains = Chains(run, runner, options)
+    chains = Chains(run, runner, stages, options)
     rounds = Rounds(run, runner, target, enough=lambda: enough(target, rounds, chains),
                     tokens=lambda: rounds.spent_tokens + chains.tokens())
     progress = RunProgress(run.run_id)
@@ -160,9 +167,9 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
         publish_summary(run.store, summary)
         return Completed(message=summary["stopped"], data=summary)
 
-    run.prune("instructions", set(range(len(rounds.records))))
+    run.dir.prune("instructions", set(range(len(rounds.records))))
     for stage in chains.stages:
-        run.prune(stage, set(range(len(chains.sizes))))
+        run.dir.prune(stage, set(range(len(chains.sizes))))
     if ask_about_quarantine(run):  # a person released batches: make what follows from them, then go on
         return _pipeline(run, runner, allow_config_change)
     if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead

@@ -4,14 +4,9 @@ from __future__ import annotations
 from prefect import flow
 
 from alignflow.config import PipelineConfig
-from alignflow.run import Run
-from alignflow.step import BatchRef
+from alignflow.engine.run import Run
 from flows import deployed
 from flows.batches import run_stage, writing
-
-
-def _following(run: Run, stage: str) -> list[BatchRef]:
-    return [BatchRef(r["number"], r["number"]) for r in run.checkpoints(stage)]
 
 
 @flow(name="judge")
@@ -19,7 +14,7 @@ def judge_flow(config: PipelineConfig, run_id: str) -> int:
     """Judge every kept response of the run; returns how many judgments are kept."""
     run = Run(deployed.config_of(config, None), run_id)
     with writing(run):
-        return run_stage(run, "judgments", _following(run, "responses"))["kept"]
+        return run_stage(run, "judgments")["kept"]
 
 
 @flow(name="pairs")
@@ -27,4 +22,4 @@ def pairs_flow(config: PipelineConfig, run_id: str) -> dict[str, int]:
     """Pairs from every batch of judgments; returns rows per outcome."""
     run = Run(deployed.config_of(config, None), run_id)
     with writing(run):
-        return run_stage(run, "pairs", _following(run, "judgments"))
+        return run_stage(run, "pairs")

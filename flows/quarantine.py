@@ -18,9 +18,10 @@ from prefect.input import RunInput
 from prefect.runtime import deployment
 from pydantic import Field
 
-from alignflow import quarantine
-from alignflow.gate import cell, read_decisions
-from alignflow.run import Run
+from alignflow.engine.outputs import read_decisions
+from alignflow.engine.run import Run
+from alignflow.quality.gate import cell
+from alignflow.review import quarantine
 
 
 class QuarantineInput(RunInput):

@@ -4,8 +4,7 @@ from __future__ import annotations
 from prefect import flow
 
 from alignflow.config import PipelineConfig
-from alignflow.responses import Responses
-from alignflow.run import Run
+from alignflow.engine.run import Run
 from flows import deployed
 from flows.batches import run_stage, writing
 
@@ -15,4 +14,4 @@ def responses_flow(config: PipelineConfig, run_id: str) -> int:
     """Responses for every kept instruction of the run; returns how many responses are kept."""
     run = Run(deployed.config_of(config, None), run_id)
     with writing(run):
-        return run_stage(run, "responses", Responses(run).refs())["kept"]
+        return run_stage(run, "responses")["kept"]

@@ -18,8 +18,8 @@ from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
-from alignflow import review
-from alignflow.run import Run
+from alignflow.engine.run import Run
+from alignflow.review import decisions as review
 
 
 class ReviewInput(RunInput):

@@ -18,11 +18,10 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner
 
 from alignflow.config import PipelineConfig
+from alignflow.engine.run import Run
+from alignflow.engine.step import BatchRef
 from alignflow.llm import endpoint
-from alignflow.run import Run
-from alignflow.step import BatchRef
 from tasks.stages import BATCH
-
 
 # A LocalCluster's workers log at WARNING (not every connection at INFO), and do not sample their threads' stacks:
 # a batch task is mostly waiting on the network, and the samples cost CPU the batches need.

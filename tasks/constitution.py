@@ -4,8 +4,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from alignflow import cai_labels, revisions
-from alignflow.run import Run
+from alignflow.engine.run import Run
+from alignflow.stages import cai_labels, revisions
 
 
 @task(name="write-cai-datasets", cache_policy=NO_CACHE, persist_result=False)

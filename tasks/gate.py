@@ -10,7 +10,7 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 
-from alignflow.gate import GateResult
+from alignflow.quality.gate import GateResult
 from tasks.report import gate_artifact_key, logger, run_context
 
 EVENT = "alignflow.batch.quarantined"

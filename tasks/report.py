@@ -11,17 +11,21 @@ import os
 import re
 
 from prefect import get_run_logger
-from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
-                               update_progress_artifact)
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.events import emit_event
 from prefect.exceptions import MissingContextError
 from prefect.logging import get_logger
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
-from alignflow import quarantine
-from alignflow.manifest import checkpoints, summary_markdown, traffic_markdown
-from alignflow.store import Store
+from alignflow.engine.manifest import summary_markdown, traffic_markdown
+from alignflow.engine.store import RunDir, Store
+from alignflow.review import quarantine
 
 COMPLETED = "alignflow.run.completed"
 QUARANTINE_STATE = "Completed with quarantine"
@@ -65,7 +69,7 @@ def gate_artifact_key(stage: str, batch: int) -> str:
 def _gates(store: Store, run_id: str) -> dict[str, dict[str, list[str]]]:
     """Each gated stage's batches by verdict, as links to their gate artifacts in the UI."""
     gates: dict[str, dict[str, list[str]]] = {}
-    for stage, records in checkpoints(store, run_id).items():
+    for stage, records in RunDir(store, run_id).stages().items():
         for record in records:
             if verdict := record.get("gate"):
                 gates.setdefault(stage, {}).setdefault(verdict, []).append(

@@ -12,12 +12,14 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Cancelled, State
 
-from alignflow import exports, manifest, runner, stages
+from alignflow.engine import manifest, runner
+from alignflow.engine.run import Run
+from alignflow.engine.step import BatchRef
 from alignflow.llm.ledger import BudgetReached
 from alignflow.llm.preflight import check_endpoints
-from alignflow.prices import load_prices
-from alignflow.run import Run
-from alignflow.step import BatchRef
+from alignflow.llm.prices import load_prices
+from alignflow.stages import exports, registry
+from alignflow.stages.changes import check_config
 from tasks import limits
 from tasks.gate import publish
 
@@ -31,7 +33,7 @@ STOPPED_BY_BUDGET = "stopped by the budget: "
 
 def run_batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """One batch of `stage` through the runner; its gate verdict published. Returns its checkpoint record."""
-    done = runner.run_batch(run, stages.step(run, stage, **(options or {})), ref)
+    done = runner.run_batch(run, registry.step(run, stage, **(options or {})), ref)
     publish(done.gate, run.run_id)
     return done.record
 
@@ -47,7 +49,7 @@ def batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = 
 
 _batch = task(batch, cache_policy=NO_CACHE, persist_result=False)
 BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stage}-{{ref.number}}")
-         for stage in stages.STEPS}
+         for stage in registry.NAMES}
 
 
 @task(name="start-run", cache_policy=NO_CACHE, persist_result=False)
@@ -60,8 +62,8 @@ def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]],
         raise MissingLimit(f"the Prefect server has no global concurrency limit {', '.join(gone)} (llm.limit_name): "
                            f"create it with `alignflow limits create CONFIG`")
     run.forget_ledger()  # what was spent is counted again from the store, with this run's budget
-    steps = [stages.step(run, s, **options.get(s, {})) for s in names]
-    redo, keys = stages.check_config(run, steps, allow_config_change)
+    steps = [registry.step(run, s, **options.get(s, {})) for s in names]
+    redo, keys = check_config(run, steps, allow_config_change)
     if redo:
         get_run_logger().warning("run %s: the config changed (%s); redoing %s", run.run_id, ", ".join(keys),
                                  ", ".join(redo))

@@ -1,8 +1,8 @@
 """Helpers for tests that run the whole pipeline: the command line, and checks that a run's store is whole."""
 import polars as pl
 
+from alignflow.engine.store import OUTCOMES, Store
 from alignflow.records import schema_for
-from alignflow.store import OUTCOMES, Store
 
 STAGES = ("instructions", "responses", "judgments", "pairs")
 

@@ -8,9 +8,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from llm_server import LLMTestServer
-
 from conftest import _free_port
+from llm_server import LLMTestServer
 
 from flows import cli
 
@@ -48,7 +47,7 @@ def write(tmp: Path, name: str, content: str | bytes) -> str:
 def suites_with(tmp: Path, stage: str, content: str) -> str:
     """A copy of the shipped suites with one file replaced."""
     directory = tmp / "suites"
-    shutil.copytree(Path(cli.__file__).resolve().parent.parent / "alignflow" / "suites", directory)
+    shutil.copytree(Path(cli.__file__).resolve().parent.parent / "expectations", directory)
     (directory / f"{stage}.json").write_text(content)
     return str(directory)
 

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field
 from alignflow.config import LLMConfig
 from alignflow.llm.anthropic_api import AnthropicBackend
 from alignflow.llm.client import LLM
+from alignflow.llm.generate import answer_all
 from alignflow.llm.openai_api import OpenAIBackend
 
 
@@ -35,7 +36,7 @@ def test_answers_come_back_by_custom_id_and_failed_items_are_sent_again(provider
     with LLMTestServer(batch_step_s=0.05, batch_p_fail=0.2, batch_expire_every=2, seed=5) as server:
         llm = batch_llm(server, provider, max_retries=6)
         requests = prompts(llm, 40, schema=Rating) + prompts(llm, 10)
-        results = llm.generate(requests)
+        results = answer_all(llm, requests)
         batches = len(server.batches)
     assert all(r.ok for r in results)
     assert all(isinstance(r.parsed, Rating) for r in results[:40]) and results[40].parsed is None
@@ -50,14 +51,14 @@ def test_batches_split_at_the_providers_limits(provider, monkeypatch):
     monkeypatch.setattr(backend, "max_batch_requests", 7)
     with LLMTestServer(batch_step_s=0.0) as server:
         llm = batch_llm(server, provider)
-        results = llm.generate(prompts(llm, 20))
+        results = answer_all(llm, prompts(llm, 20))
         sizes = sorted(len(b["requests"]) for b in server.batches.values())
     assert all(r.ok for r in results) and sizes == [6, 7, 7]
     monkeypatch.setattr(backend, "max_batch_requests", 1000)
     monkeypatch.setattr(backend, "max_batch_bytes", 2000)
     with LLMTestServer(batch_step_s=0.0) as server:
         llm = batch_llm(server, provider)
-        assert all(r.ok for r in llm.generate(prompts(llm, 20)))
+        assert all(r.ok for r in answer_all(llm, prompts(llm, 20)))
         assert len(server.batches) > 1
 
 
@@ -71,7 +72,7 @@ def test_invalid_structured_answers_are_reasked_in_the_next_batch():
 
     with LLMTestServer(respond=first_answer_broken, batch_step_s=0.0) as server:
         llm = batch_llm(server, "openai")
-        results = llm.generate(prompts(llm, 5, schema=Rating))
+        results = answer_all(llm, prompts(llm, 5, schema=Rating))
     assert all(r.ok for r in results) and set(asked.values()) == {2}
 
 

@@ -18,10 +18,10 @@ import pytest
 from conftest import BUCKET, ROOT, _free_port
 from llm_server import LLMTestServer
 from moto.server import ThreadedMotoServer
-
-from alignflow import answers
-from alignflow.store import Store
 from runs import args, assert_whole
+
+from alignflow.engine import answers
+from alignflow.engine.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("api_keys")]
 

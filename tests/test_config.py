@@ -64,10 +64,10 @@ def test_missing_config_file():
 def test_every_setting_is_described_and_the_readme_table_is_the_generated_one():
     from pathlib import Path
 
-    from alignflow import reference
+    from alignflow.cli import reference
 
     assert all(meaning for _, _, meaning in reference.rows())
-    assert reference.block() in Path("README.md").read_text(), "run: python -m alignflow.reference README.md"
+    assert reference.block() in Path("README.md").read_text(), "run: python -m alignflow.cli.reference README.md"
 
 
 def test_a_partial_config_deep_merges_and_dotted_overrides_come_last():

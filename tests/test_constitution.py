@@ -11,13 +11,9 @@ import pytest
 from datasets import load_dataset
 from llm_server import LLMTestServer
 
-from alignflow.cai_labels import Choice, dpo, soft_label
-from alignflow.constitution import (
-    ConstitutionError,
-    load_constitution,
-    parse_constitution,
-)
 from alignflow.records import SCHEMAS, frame
+from alignflow.stages.cai_labels import Choice, dpo, soft_label
+from alignflow.stages.constitution import ConstitutionError, load_constitution, parse_constitution
 from flows.cli import main
 
 OURS = "data/constitution.yaml"
@@ -343,10 +339,10 @@ def test_soft_label_and_the_dpo_orientation():
 
 
 def test_the_revisions_suite_passes_a_good_batch_and_quarantines_a_bad_one():
-    from alignflow.expectations import check_suite, load_suite
-    from alignflow.gate import batch_frame, validate
+    from alignflow.quality.expectations import check_suite, load_suite
+    from alignflow.quality.gate import batch_frame, validate
 
-    path = Path("alignflow/suites/revisions.json")
+    path = Path("expectations/revisions.json")
     assert check_suite(path) == []
     suite = load_suite(path)
 

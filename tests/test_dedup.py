@@ -14,12 +14,12 @@ import scipy.sparse as sparse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alignflow.commands import dedup as command
+from alignflow.cli import dedup as command
 from alignflow.config import DedupConfig
-from alignflow.dedup import make_index, semantic
-from alignflow.dedup.exact import ExactIndex
-from alignflow.dedup.minhash import MinHashIndex, agreement, shingle_hashes, signatures
-from alignflow.filters import normalise
+from alignflow.quality.dedup import make_index, semantic
+from alignflow.quality.dedup.exact import ExactIndex
+from alignflow.quality.dedup.minhash import MinHashIndex, agreement, shingle_hashes, signatures
+from alignflow.quality.filters import normalise
 from flows.cli import main
 
 TRICKY = ["Hello, World!  How are you?", "", "a", "one two", "Don't stop\nbelieving \u2014 now", "  lead and trail  ",

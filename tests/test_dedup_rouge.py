@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from rouge_score import rouge_scorer
 
 from alignflow.config import DedupConfig
-from alignflow.dedup import make_index
-from alignflow.dedup.rouge import RougeIndex, lcs_lengths, tokenize
+from alignflow.quality.dedup import make_index
+from alignflow.quality.dedup.rouge import RougeIndex, lcs_lengths, tokenize
 
 SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
 

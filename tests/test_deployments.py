@@ -331,12 +331,12 @@ def test_a_review_nobody_answers_takes_on_timeout_when_the_failed_run_is_retried
 
 def test_a_quarantined_batch_fires_the_shipped_automation_and_is_released_from_the_ui_form(deployed, webhook,
                                                                                              tmp_path):
-    from alignflow.quarantine import undecided
-    from alignflow.store import Store
+    from alignflow.engine.store import Store
+    from alignflow.review.quarantine import undecided
 
     api = deployed
     suites = tmp_path / "suites"
-    shutil.copytree(ROOT / "alignflow/suites", suites)
+    shutil.copytree(ROOT / "expectations", suites)
     suite = json.loads((suites / "responses.json").read_text())
     for expectation in suite["expectations"]:
         if expectation["type"] == "expect_column_value_lengths_to_be_between":

@@ -4,10 +4,10 @@ changes. Kills and races are in test_chaos.py."""
 
 import pytest
 from llm_server import LLMTestServer
-
-from alignflow.store import Store
-from flows.cli import main
 from runs import STAGES, args, assert_whole, read
+
+from alignflow.engine.store import Store
+from flows.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
 

@@ -7,14 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from llm_server import LLMTestServer
 
-from alignflow import evol
 from alignflow.config import parse_config
-from alignflow.instructions import Instructions
-from alignflow.runner import run_batch
+from alignflow.engine.run import Run
+from alignflow.engine.runner import run_batch
+from alignflow.engine.step import BatchRef
 from alignflow.prompts import load
-from alignflow.run import Run
-from alignflow.seeds import Seeds, load_seeds
-from alignflow.step import BatchRef
+from alignflow.stages import evol
+from alignflow.stages.instructions import Instructions
+from alignflow.stages.seeds import Seeds, load_seeds
 
 ORIGINAL = "Give three tips for learning a new language."
 
@@ -105,7 +105,7 @@ def test_evolutions_in_a_round_are_kept_or_rejected_with_their_reason(tmp_path, 
         run_batch(run, Seeds(run), BatchRef(0))
         record = run_batch(run, Instructions(run), BatchRef(0)).record
     assert record["requests"] == record["inputs"] == 1 + len(EVOLUTIONS) and record["counts"]["failed"] == 0
-    rows = pl.concat([run.read("instructions", "kept"), run.read("instructions", "rejected")])
+    rows = pl.concat([run.dir.read("instructions", "kept"), run.dir.read("instructions", "rejected")])
     evolved = rows.filter(pl.col("source") == "evol_instruct")
     assert evolved.height == len(EVOLUTIONS)
     seed_id = dict(zip(seed_rows["instruction"], seed_rows["id"]))

@@ -5,32 +5,32 @@ from pathlib import Path
 
 import pytest
 
+from alignflow.quality.expectations import DERIVED, check_suite, condition_columns, load_suite
 from flows.cli import main
-from alignflow.expectations import DERIVED, check_suite, condition_columns, load_suite
 
 STAGES = ("instructions", "responses", "judgments", "pairs")
 
 
 def test_project_suites_are_valid(capsys):
-    files = sorted(p.name for p in Path("alignflow/suites").glob("*.json"))
+    files = sorted(p.name for p in Path("expectations").glob("*.json"))
     assert main(["expectations", "check"]) == 0
     assert f"{len(files)} suite file(s) ok: {', '.join(files)}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_suite_checks_the_schema_ids_lengths_or_ratings_and_shares(stage):
-    suite = json.loads(Path(f"alignflow/suites/{stage}.json").read_text())
+    suite = json.loads(Path(f"expectations/{stage}.json").read_text())
     kinds = [(e["type"], e["kwargs"].get("column")) for e in suite["expectations"]]
     assert ("expect_table_columns_to_match_set", None) in kinds
     assert ("expect_column_values_to_be_of_type", "id") in kinds
     assert ("expect_column_values_to_be_unique", "id") in kinds
     assert ("expect_column_values_to_not_be_null", "id") in kinds
     assert ("expect_column_values_to_be_in_set", "outcome") in kinds  # the failed share
-    assert len(load_suite(Path(f"alignflow/suites/{stage}.json")).expectations) == len(suite["expectations"])
+    assert len(load_suite(Path(f"expectations/{stage}.json")).expectations) == len(suite["expectations"])
 
 
 def test_unknown_type_and_unknown_column_are_named(tmp_path, capsys):
-    shutil.copytree("alignflow/suites", tmp_path / "suites")
+    shutil.copytree("expectations", tmp_path / "suites")
     path = tmp_path / "suites" / "judgments.json"
     suite = json.loads(path.read_text())
     suite["expectations"] += [
@@ -85,7 +85,7 @@ def test_suite_for_an_unknown_stage_and_broken_json(tmp_path):
 
 def test_an_edited_suite_file_is_loaded_again(tmp_path):
     path = tmp_path / "pairs.json"
-    suite = json.loads(Path("alignflow/suites/pairs.json").read_text())
+    suite = json.loads(Path("expectations/pairs.json").read_text())
     path.write_text(json.dumps(suite))
     assert load_suite(path) is load_suite(path)  # parsed once
     before = len(load_suite(path).expectations)

@@ -6,13 +6,13 @@ import datasets
 import polars as pl
 import pytest
 
-from alignflow import manifest
-from flows.cli import main
 from alignflow.config import parse_config
-from alignflow.exports import ARGILLA_DATASET, ARGILLA_RECORDS, ARGILLA_SETTINGS, dpo, kto, sft, write_datasets
+from alignflow.engine import manifest
+from alignflow.engine.run import Run
+from alignflow.engine.store import batch_key
 from alignflow.records import frame
-from alignflow.run import Run
-from alignflow.store import batch_key
+from alignflow.stages.exports import ARGILLA_DATASET, ARGILLA_RECORDS, ARGILLA_SETTINGS, dpo, kto, sft, write_datasets
+from flows.cli import main
 
 JUDGED = ("helpfulness", "honesty", "instruction_following", "truthfulness")
 # response id -> (instruction id, model, aspect scores); None: a response the judge could not rate

@@ -2,8 +2,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from alignflow import filters
 from alignflow.config import InstructionsConfig
+from alignflow.quality import filters
 
 CHECKS = filters.for_instructions(InstructionsConfig())
 

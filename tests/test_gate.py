@@ -1,4 +1,4 @@
-"""The data-quality gate: real GX suites (alignflow/suites/*.json) on batches built from the Self-Instruct seed tasks."""
+"""The data-quality gate: real GX suites (expectations/*.json) on batches built from the Self-Instruct seed tasks."""
 from __future__ import annotations
 
 import asyncio
@@ -10,11 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import polars as pl
 import pytest
 
-from alignflow import gate, quarantine
 from alignflow.config import GateConfig
-from alignflow.expectations import SuiteError
+from alignflow.engine import outputs
+from alignflow.engine.store import Store, batch_key
+from alignflow.quality import gate
+from alignflow.quality.expectations import SuiteError
 from alignflow.records import frame, stable_id
-from alignflow.store import Store, batch_key
+from alignflow.review import quarantine
 
 RUN = "run1"
 
@@ -76,7 +78,7 @@ def pairs(texts, n, same_text=False) -> list[dict]:
 
 def write(store, stage, number=0, config=None, **outcomes):
     frames = {name: rows if isinstance(rows, pl.DataFrame) else frame(rows, stage) for name, rows in outcomes.items()}
-    return gate.write_batch(store, RUN, stage, number, frames, config or GateConfig())
+    return outputs.write_batch(store, RUN, stage, number, frames, config or GateConfig())
 
 
 def failed_types(result) -> set[str]:
@@ -222,7 +224,7 @@ def test_a_tighter_suite_file_quarantines_a_batch_that_passed(store, texts, tmp_
     batch = dict(kept=responses(texts, 8))
     assert write(store, "responses", 0, **batch)[1].passed
     suites = tmp_path / "suites"
-    shutil.copytree("alignflow/suites", suites)
+    shutil.copytree("expectations", suites)
     suite = json.loads((suites / "responses.json").read_text())
     for exp in suite["expectations"]:
         if exp["type"] == "expect_column_value_lengths_to_be_between" and exp["kwargs"]["column"] == "response":
@@ -318,7 +320,7 @@ def test_publish_makes_an_artifact_and_an_event(prefect_server, store, texts):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    from alignflow.manifest import build
+    from alignflow.engine.manifest import build
     from tasks.gate import EVENT, publish
     from tasks.report import QUARANTINE_STATE, final_state
 

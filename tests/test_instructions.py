@@ -17,12 +17,12 @@ from rouge_score import rouge_scorer, tokenize
 from scipy import sparse
 
 from alignflow.config import parse_config
-from alignflow.instructions import NewTasks, candidates, self_instruct_jobs
+from alignflow.engine.run import Run
+from alignflow.engine.step import Answer
 from alignflow.llm.client import LLM
 from alignflow.llm.types import Result
-from alignflow.run import Run
-from alignflow.seeds import load_seeds
-from alignflow.step import Answer
+from alignflow.stages.instructions import NewTasks, candidates, self_instruct_jobs
+from alignflow.stages.seeds import load_seeds
 from flows.instructions import instructions_flow
 
 THRESHOLD = 0.7
@@ -92,9 +92,9 @@ def test_a_thousand_novel_instructions_and_every_rejection_on_disk(prefect_serve
         returned = instructions_flow(config, "big")
         requests = server.requests
     run = Run(config, "big")
-    seeds, kept, rejected = run.read("seeds"), run.read("instructions"), run.read("instructions", "rejected")
+    seeds, kept, rejected = run.dir.read("seeds"), run.dir.read("instructions"), run.dir.read("instructions", "rejected")
     assert returned == kept.height >= 1000
-    assert run.read("instructions", "failed").height == 0
+    assert run.dir.read("instructions", "failed").height == 0
 
     # novelty: no two kept instructions (nor a kept one and a seed) above the threshold, by the reference scan
     assert rouge_pairs_above(seeds["instruction"].to_list() + kept["instruction"].to_list(), THRESHOLD) == []
@@ -126,7 +126,7 @@ def test_a_thousand_novel_instructions_and_every_rejection_on_disk(prefect_serve
         assert len(row["parent_ids"]) == 8 and len(machine) == 2
         assert set(row["parent_ids"]) - set(machine) <= set(seeds["id"])
 
-    assert sum(r["inputs"] for r in run.checkpoints("instructions")) == requests
+    assert sum(r["inputs"] for r in run.dir.checkpoints("instructions")) == requests
 
 
 def test_rounds_stop_at_the_round_limit_and_dedup_can_be_off(prefect_server, tmp_path):
@@ -134,10 +134,10 @@ def test_rounds_stop_at_the_round_limit_and_dedup_can_be_off(prefect_server, tmp
         config = config_for(server, tmp_path, target=1000, prompts_per_round=2, max_rounds=2, dedup={"method": None})
         returned = instructions_flow(config, "short")
     run = Run(config, "short")
-    kept = run.read("instructions")
+    kept = run.dir.read("instructions")
     assert returned == kept.height and set(kept["round"]) == {0, 1}
     assert kept["max_similarity"].is_null().all()
-    assert not run.read("instructions", "rejected")["reason"].str.starts_with("duplicate").any()
+    assert not run.dir.read("instructions", "rejected")["reason"].str.starts_with("duplicate").any()
 
 
 def test_only_the_last_task_of_a_cut_off_answer_is_truncated(tmp_path):

@@ -8,8 +8,8 @@ import time
 import pytest
 from conftest import BUCKET
 
-from alignflow.lease import EXPIRES_S, Lease, LeaseHeld
-from alignflow.store import Store
+from alignflow.engine.lease import EXPIRES_S, Lease, LeaseHeld
+from alignflow.engine.store import Store
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -9,9 +9,8 @@ import time
 import anthropic
 import openai
 import pytest
-from pydantic import BaseModel, Field
-
 from llm_server import LLMTestServer
+from pydantic import BaseModel, Field
 
 
 class Instructions(BaseModel):

@@ -2,12 +2,12 @@ import polars as pl
 import pytest
 
 from alignflow.config import parse_config
-from alignflow.pairs import SAME_TEXT, Pairs, inputs
+from alignflow.engine.run import Run
+from alignflow.engine.runner import run_batch
+from alignflow.engine.step import BatchRef
+from alignflow.engine.store import batch_key
 from alignflow.records import frame
-from alignflow.run import Run
-from alignflow.runner import run_batch
-from alignflow.step import BatchRef
-from alignflow.store import batch_key
+from alignflow.stages.pairs import SAME_TEXT, Pairs, inputs
 
 RATINGS = {"r00": 5, "r01": 2, "r02": 4, "r10": 3, "r11": 3, "r20": 4, "r21": 3, "r30": 4}
 
@@ -35,11 +35,11 @@ def run_with(tmp_path, **pairs):
 def test_best_vs_worst_with_reasons(tmp_path):
     run = run_with(tmp_path, strategy="best_vs_worst", min_margin=2)
     assert make_pairs(run, *fixtures()) == {"kept": 1, "rejected": 3, "failed": 0, "quarantine": 0}
-    kept = run.read("pairs").to_dicts()[0]
+    kept = run.dir.read("pairs").to_dicts()[0]
     assert (kept["chosen"], kept["rejected"], kept["score_chosen"], kept["score_rejected"]) == ("answer 00", "answer 01", 5.0, 2.0)
     assert (kept["chosen_model"], kept["rejected_model"], kept["margin"]) == ("m0", "m1", 3.0)
     assert kept["chosen_scores"]["helpfulness"] == 5.0 and kept["rejected_scores"]["honesty"] == 2.0
-    reasons = dict(run.read("pairs", "rejected").select("instruction_id", "reason").iter_rows())
+    reasons = dict(run.dir.read("pairs", "rejected").select("instruction_id", "reason").iter_rows())
     assert reasons == {"i1": "tie", "i2": "margin 1 below 2", "i3": "fewer than 2 judged responses"}
 
 
@@ -48,12 +48,12 @@ def test_best_vs_random_draws_among_lower_ones_reproducibly(tmp_path):
     for seed in range(12):
         run = Run(parse_config({"store": str(tmp_path / str(seed)), "seed": seed, "pairs": {"min_margin": 1}}), "t")
         make_pairs(run, *fixtures())
-        pair = run.read("pairs").filter(pl.col("instruction_id") == "i0").to_dicts()[0]
+        pair = run.dir.read("pairs").filter(pl.col("instruction_id") == "i0").to_dicts()[0]
         assert pair["chosen_id"] == "r00" and pair["margin"] >= 1
         drawn.add(pair["rejected_id"])
         again = Run(run.config, "again")
         make_pairs(again, *fixtures())
-        assert again.read("pairs")["rejected_id"].to_list() == run.read("pairs")["rejected_id"].to_list()
+        assert again.dir.read("pairs")["rejected_id"].to_list() == run.dir.read("pairs")["rejected_id"].to_list()
     assert drawn == {"r01", "r02"}
 
 
@@ -61,7 +61,7 @@ def test_all_pairs_keep_every_pair_over_the_margin_and_count_their_inputs(tmp_pa
     run = run_with(tmp_path, strategy="all_pairs", min_margin=1)
     responses, judgments = fixtures()
     counts = make_pairs(run, responses, judgments)
-    kept = run.read("pairs")
+    kept = run.dir.read("pairs")
     assert sorted(zip(kept["chosen_id"], kept["rejected_id"])) == [("r00", "r01"), ("r00", "r02"), ("r02", "r01"), ("r20", "r21")]
     rated = judgments.select("instruction_id")
     assert counts["kept"] + counts["rejected"] == inputs(rated, "all_pairs") == 3 + 1 + 1 + 1
@@ -71,7 +71,7 @@ def test_all_pairs_keep_every_pair_over_the_margin_and_count_their_inputs(tmp_pa
 def test_chosen_always_outscores_rejected_by_the_margin(tmp_path, strategy):
     run = run_with(tmp_path, strategy=strategy, min_margin=0.5)
     make_pairs(run, *fixtures())
-    kept = run.read("pairs")
+    kept = run.dir.read("pairs")
     assert kept.height and (kept["score_chosen"] - kept["score_rejected"] >= 0.5).all()
 
 
@@ -81,6 +81,6 @@ def test_a_pair_of_identical_texts_is_a_rejected_row_and_the_batch_passes(tmp_pa
     run = run_with(tmp_path, strategy=strategy, min_margin=0.5)
     counts = make_pairs(run, *fixtures({"r00": "the same", "r01": "the same", "r02": "the same"}))
     assert counts["quarantine"] == 0 and counts["kept"] > 0
-    rejected = run.read("pairs", "rejected").filter(pl.col("instruction_id") == "i0")
+    rejected = run.dir.read("pairs", "rejected").filter(pl.col("instruction_id") == "i0")
     assert rejected.height and set(rejected["reason"]) == {SAME_TEXT}
-    assert (run.read("pairs")["chosen"] != run.read("pairs")["rejected"]).all()
+    assert (run.dir.read("pairs")["chosen"] != run.dir.read("pairs")["rejected"]).all()

@@ -113,7 +113,7 @@ def test_inspect(tmp_path, capsys):
 def test_run_on_an_s3_store(s3_server, capsys):
     from conftest import BUCKET
 
-    from alignflow.store import Store
+    from alignflow.engine.store import Store
 
     url = f"s3://{BUCKET}/runs"
     with LLMTestServer() as server:
@@ -268,7 +268,7 @@ def test_a_tighter_suite_file_quarantines_batches_that_passed(tmp_path):
     import shutil
 
     suites = tmp_path / "suites"
-    shutil.copytree("alignflow/suites", suites)
+    shutil.copytree("expectations", suites)
     suite = json.loads((suites / "responses.json").read_text())
     for expectation in suite["expectations"]:
         if expectation["type"] == "expect_column_value_lengths_to_be_between":

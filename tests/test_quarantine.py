@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from test_gate import judgments, responses, texts, write  # noqa: F401  (texts is a fixture)
 
-from alignflow import manifest, quarantine
-from alignflow.store import Store
+from alignflow.engine import manifest
+from alignflow.engine.store import Store
+from alignflow.review import quarantine
 from flows.cli import main
 
 RUN = "run1"

@@ -6,7 +6,7 @@ import pytest
 from llm_server import LLMTestServer
 from runs import args, assert_whole
 
-from alignflow.store import Store
+from alignflow.engine.store import Store
 from flows.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
@@ -55,7 +55,7 @@ def test_argilla_round_trip_annotators_preferences_become_the_review(tmp_path, c
     import argilla as rg
     from test_exports import load_argilla
 
-    from alignflow.exports import ARGILLA_RECORDS
+    from alignflow.stages.exports import ARGILLA_RECORDS
 
     store = tmp_path / "store"
     with LLMTestServer() as server:

@@ -12,10 +12,10 @@ import pytest
 from conftest import BUCKET, ROOT, _free_port
 from distributed import Client
 from llm_server import LLMTestServer
+from runs import args, assert_whole
 from test_chaos import assert_nothing_asked_twice_but_in_flight
 
-from alignflow.store import Store
-from runs import args, assert_whole
+from alignflow.engine.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("api_keys")]
 

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from alignflow.seeds import SeedError, load_seeds
+from alignflow.stages.seeds import SeedError, load_seeds
 
 
 def test_project_seeds_are_varied():

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
-from alignflow.records import schema_for
-from alignflow.store import OUTCOMES, Store, batch_key
-
 from conftest import BUCKET
+
+from alignflow.engine.store import OUTCOMES, Store, batch_key
+from alignflow.records import schema_for
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -13,6 +13,7 @@ from llm_server import LLMTestServer
 
 from alignflow.config import LLMConfig
 from alignflow.llm.client import LLM
+from alignflow.llm.generate import answer_all
 from flows.cli import main
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "api_keys")
@@ -71,7 +72,7 @@ def test_a_server_that_slows_down_under_load_is_backed_off():
     with LLMTestServer(slow_per_in_flight_s=0.05, latency_s=0.005) as server:
         llm = LLM(LLMConfig(provider="openai", model="slow", base_url=server.openai_base_url, api_key_env="TEST_KEY",
                             max_concurrency=48))
-        results = llm.generate([llm.request([{"role": "user", "content": f"q {i}"}]) for i in range(200)])
+        results = answer_all(llm, [llm.request([{"role": "user", "content": f"q {i}"}]) for i in range(200)])
     stats = llm.endpoint.limits.stats
     assert all(r.ok for r in results)
     assert stats.cuts > 0 and stats.lowest_cap < 48

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 from alignflow.llm.ledger import BudgetReached
 from alignflow.llm.structured import ParseError
-from alignflow.llm.types import Completion, ProviderError, Request, Result
+from alignflow.llm.types import Answers, Completion, OnResult, ProviderError, Request, Result
 
 if TYPE_CHECKING:
-    from alignflow.llm.client import LLM, Answers, OnResult
+    from alignflow.llm.client import LLM
 
 
 @dataclass

@@ -4,7 +4,7 @@ Only successes are stored, so a re-run retries what failed and repeats no call t
 where the request goes (provider, base_url, model) and everything that shapes the answer, the sampling seed
 included: an answer from one server is never served for another, and a new run (a new seed) asks anew.
 SQLite in WAL mode keeps it safe across threads. It is a local accelerator: a run's own answers live in its
-store (`alignflow.answers`), which is what a resume on another machine reads.
+store (`alignflow.engine.answers`), which is what a resume on another machine reads.
 """
 from __future__ import annotations
 

@@ -6,32 +6,20 @@ every provider. A provider or parse failure is a failed Result; anything else is
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from alignflow.config import LLMConfig
 from alignflow.llm import endpoint as endpoints
-from alignflow.llm.batches import answer_in_batches
 from alignflow.llm.cache import RequestCache, request_key
-from alignflow.llm.ledger import BudgetReached, Ledger
+from alignflow.llm.ledger import Ledger
 from alignflow.llm.structured import ParseError, parse_structured
-from alignflow.llm.types import Completion, ProviderError, Request, Result
+from alignflow.llm.types import Answers, Completion, ProviderError, Request, Result
 
-OnResult = Callable[[Result], None]
 ANSWER_FIELDS = ("text", "finish_reason", "input_tokens", "output_tokens", "latency_s")
-
-
-class Answers(Protocol):
-    """Somewhere successful answers are kept by request key: the request cache, a batch's answer log."""
-
-    def get(self, key: str) -> dict[str, Any] | None: ...
-    def put(self, key: str, value: dict[str, Any]) -> None: ...
 
 
 def sampling_seed(run_seed: int | None, sample: int) -> int:
@@ -87,14 +75,6 @@ class LLM:
 
     def key(self, request: Request) -> str:
         return request_key(self.provider, self.config.base_url, self.model, request)
-
-    def generate(self, requests: Sequence[Request], on_result: OnResult | None = None,
-                 answers: Answers | None = None) -> list[Result]:
-        return generate([(self, r) for r in requests], on_result, answers)
-
-    async def agenerate(self, requests: Sequence[Request], on_result: OnResult | None = None,
-                        answers: Answers | None = None) -> list[Result]:
-        return await endpoints.run_async(_generate([(self, r) for r in requests], on_result, answers))
 
     async def answer(self, request: Request, answers: Answers | None = None) -> Result:
         """One request: a known answer if there is one, else asked (with retries and re-asks) and remembered."""
@@ -211,49 +191,3 @@ class LLM:
             exc.attempts = tries
             raise
         raise AssertionError("unreachable")
-
-
-def generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None = None,
-             answers: Answers | None = None) -> list[Result]:
-    """Every (llm, request) at once, each under its own endpoint's limits; results in the order of `calls`."""
-    return endpoints.run(_generate(calls, on_result, answers))
-
-
-async def _generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None,
-                    answers: Answers | None) -> list[Result]:
-    """Every call at once: live ones each on its own, `mode: batch` ones as provider batches per model. When the
-    budget stops some, the others still finish (and are saved) before BudgetReached is raised, so nothing paid
-    for is lost."""
-    stopped: list[BudgetReached] = []
-    results: list[Result | None] = [None] * len(calls)
-
-    async def one(i: int, llm: LLM, request: Request) -> None:
-        try:
-            results[i] = await llm.answer(request, answers)
-        except BudgetReached as exc:
-            stopped.append(exc)
-            return
-        if on_result:
-            on_result(results[i])
-
-    async def offline(group: list[int]) -> None:
-        llm = calls[group[0]][0]
-        try:
-            answered = await answer_in_batches(llm, [calls[i][1] for i in group], answers, on_result)
-        except BudgetReached as exc:
-            stopped.append(exc)
-            return
-        for i, result in zip(group, answered):
-            results[i] = result
-
-    batched: dict[tuple, list[int]] = {}
-    live = []
-    for i, (llm, request) in enumerate(calls):
-        if llm.config.mode == "batch":
-            batched.setdefault((llm.endpoint.name, llm.config.model_dump_json()), []).append(i)
-        else:
-            live.append(one(i, llm, request))
-    await asyncio.gather(*live, *(offline(group) for group in batched.values()))
-    if stopped:
-        raise stopped[0]
-    return results  # type: ignore[return-value]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 
-from alignflow.prices import Prices
+from alignflow.llm.prices import Prices
 
 
 class BudgetReached(Exception):

@@ -1,8 +1,9 @@
 """The request and result types every provider speaks: one result per request, never an exception."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -60,3 +61,13 @@ class Result:
     cached: bool = False
     paid: bool = False  # this run paid for it: asked now, or saved from an earlier attempt (not the request cache)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+OnResult = Callable[[Result], None]  # told of each result as it arrives (progress)
+
+
+class Answers(Protocol):
+    """Somewhere successful answers are kept by request key: the request cache, a batch's answer log."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+    def put(self, key: str, value: dict[str, Any]) -> None: ...

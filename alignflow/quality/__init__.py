@@ -1,0 +1,1 @@
+"""What keeps bad rows and batches out: heuristic filters, deduplication, the gate's expectation suites."""

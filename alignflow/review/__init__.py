@@ -1,0 +1,1 @@
+"""People in the loop: review requests and decisions, quarantine, Argilla labels, the judge measured."""
