@@ -347,7 +347,7 @@ class PipelineConfig(Strict):
     review: ReviewConfig = Field(default_factory=ReviewConfig, description="a person's review before release")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="the local request cache")
     prices: str | None = Field(None, description="a YAML price table (USD per 1M tokens per provider and model) whose "
-                                                 "entries override the shipped `alignflow/prices.yaml`")
+                                                 "entries override the shipped `alignflow/llm/prices.yaml`")
     runner: Literal["threads", "dask"] | DaskRunner = Field(
         "threads", description="where the batch tasks run: `threads` in the flow's process, `dask` on a LocalCluster, "
                                "`{dask: {address: tcp://...}}` on a running cluster")
