@@ -192,6 +192,10 @@ class InstructionsConfig(Strict):
     blacklist: list[str] = Field(SELF_INSTRUCT_BLACKLIST, description="words an instruction is rejected for "
                                                                       "(Self-Instruct's list: tasks a text model "
                                                                       "cannot do)")
+    curate: list[str] = Field([], description="your own filters, after the ones above and before dedup: "
+                                              "`module:function` names (the working directory is importable), each "
+                                              "called with a row and returning True to keep it or the reason to "
+                                              "reject it")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="novelty against every instruction kept")
     evol: EvolConfig = Field(default_factory=EvolConfig, description="Evol-Instruct rewrites")
     llm: LLMOverride | None = Field(None, description="this stage's model: any LLM keys over the top-level ones")
@@ -202,7 +206,18 @@ class InstructionsConfig(Strict):
             raise ValueError(f"shown_machine ({self.shown_machine}) cannot be more than shown ({self.shown})")
         if self.min_words > self.max_words:
             raise ValueError(f"min_words ({self.min_words}) cannot be more than max_words ({self.max_words})")
+        self.check_curate(self.curate)
         return self
+
+    @staticmethod
+    def check_curate(paths: list[str]) -> None:
+        """Each curator named `module:function` (a dotted module, a colon, a function name): a typo is an error when
+        the config loads; whether it imports is checked before the run's first request."""
+        for path in paths:
+            module, colon, name = path.partition(":")
+            if not (colon and name.isidentifier() and all(part.isidentifier() for part in module.split("."))):
+                raise ValueError(f"curate: {path!r} is not module:function (a dotted module name, a colon, a "
+                                 f"function name)")
 
     @property
     def target_rows(self) -> int:
@@ -226,7 +241,15 @@ class ResponsesConfig(Strict):
                                                       "stage's model")
     principles: list[Literal["helpfulness", "honesty", "truthfulness"]] = Field(
         [], description="UltraFeedback system principles, one drawn per sample; empty: none")
+    curate: list[str] = Field([], description="your own filters, on every non-empty response: `module:function` "
+                                              "names (the working directory is importable), each called with a row "
+                                              "and returning True to keep it or the reason to reject it")
     llm: LLMOverride | None = Field(None, description="this stage's model: any LLM keys over the top-level ones")
+
+    @model_validator(mode="after")
+    def _curators_named(self) -> "ResponsesConfig":
+        InstructionsConfig.check_curate(self.curate)
+        return self
 
 
 class JudgeConfig(Strict):
@@ -237,6 +260,9 @@ class JudgeConfig(Strict):
                                               "`helpfulness`, `honesty`, `instruction_following`, `truthfulness`, "
                                               "`overall`")
     both_orders: bool = Field(False, description="judge again in reversed order and average, against position bias")
+    inconsistent_at: float = Field(2.0, gt=0, le=4, description="with `overall` among the aspects: a response whose "
+                                                                "`overall` differs from the mean of the other aspects "
+                                                                "by this much is flagged `inconsistent` (Notus)")
     llm: LLMOverride | None = Field(None, description="the judge model: any LLM keys over the top-level ones")
 
 
@@ -249,6 +275,9 @@ class PairsConfig(Strict):
                                                            "with the reason")
     format: Literal["string", "messages"] = Field("string", description="`messages`: TRL's conversational preference "
                                                                         "format")
+    rank_by: Literal["aspects", "overall", "helpfulness", "honesty", "instruction_following", "truthfulness"] = Field(
+        "aspects", description="what ranks the responses: `aspects`, the mean of the judged aspects other than "
+                               "`overall` (as the curated UltraFeedback does); `overall`; or one aspect")
 
 
 GatedStage = Literal["instructions", "responses", "judgments", "pairs", "revisions", "cai_labels"]
@@ -284,13 +313,28 @@ class ConstitutionConfig(Strict):
     llm: LLMOverride | None = Field(None, description="the revising model: any LLM keys over the top-level ones")
 
 
-class ReviewConfig(Strict):
-    """A person approves a stage's output before it becomes a dataset: a sample of its rows is shown (a Prefect
-    form, or `alignflow review RUN_DIR`), and the stage is approved, rejected, or rid of the rows listed."""
+ReviewedStage = Literal["instructions", "responses", "judgments", "pairs", "revisions"]
 
-    stages: list[Literal["pairs"]] = Field([], description="stages whose output waits for a reviewer before the "
-                                                           "datasets are written; empty: no review")
+
+class ReviewConfig(Strict):
+    """A person reviews a stage's output before the next stage pays for it, or before the datasets: a sample of its
+    rows is shown (a Prefect form, or `alignflow review RUN_DIR`), with a decision per row (pairs: keep, drop, swap,
+    tie; instructions: keep, drop, edit) and one for the rest of the stage (approve or reject)."""
+
+    stages: list[ReviewedStage] = Field([], description="stages whose output waits for a reviewer: `instructions` "
+                                                        "stops the run before any response is asked for; empty: no "
+                                                        "review")
     sample: int = Field(20, ge=1, le=1000, description="rows shown to the reviewer, drawn with the run's seed")
+    sample_by: Literal["random", "uncertain"] = Field(
+        "uncertain", description="pairs: `uncertain` draws most of the sample from the pairs the judge is least sure "
+                                 "of (it flipped between orders, `overall` contradicts the aspects, the aspects "
+                                 "disagree, the margin is small); `random` draws all at random. Other stages: random")
+    random_share: float = Field(0.25, ge=0, le=1, description="with `uncertain`: the share of the sample drawn at "
+                                                              "random, from which the judge's agreement with people "
+                                                              "is estimated without bias")
+    min_agreement: float | None = Field(None, gt=0, le=1, description="hold the datasets (exit 3) when the lower 95% "
+                                                                      "bound of the judge's agreement with the "
+                                                                      "reviewer falls below this")
     timeout_h: float = Field(24.0, gt=0, le=24 * 90, description="hours to wait for a decision")
     on_timeout: Literal["reject", "approve"] = Field("reject", description="the decision when nobody answers in time")
 
@@ -357,6 +401,15 @@ class PipelineConfig(Strict):
         if not Path(self.seeds).is_file():
             raise ValueError(f"seeds: {self.seeds} is a directory, not a file" if Path(self.seeds).is_dir()
                              else f"seeds file not found: {self.seeds}")
+        return self
+
+    @model_validator(mode="after")
+    def _ranked_by_a_judged_aspect(self) -> "PipelineConfig":
+        if self.pairs.rank_by != "aspects" and self.pairs.rank_by not in self.judge.aspects:
+            raise ValueError(f"pairs.rank_by: {self.pairs.rank_by} is not among judge.aspects "
+                             f"({', '.join(self.judge.aspects)})")
+        if "revisions" in self.review.stages and not self.constitution.enabled:
+            raise ValueError("review.stages: revisions needs constitution.enabled")
         return self
 
     @property

@@ -34,7 +34,8 @@ RESPONSE = {"id": pl.String, "instruction_id": pl.String, "instruction": pl.Stri
 # one row per response; an aspect not judged is null; `rating` is the mean of the judged aspects
 JUDGMENT = {"id": pl.String, "response_id": pl.String, "instruction_id": pl.String, "position": pl.Int64,
             **{a: pl.Float64 for a in ASPECTS}, "rating": pl.Float64, "rating_forward": pl.Float64,
-            "rating_reversed": pl.Float64, "rationales": pl.Struct({a: pl.String for a in ASPECTS})}
+            "rating_reversed": pl.Float64, "rationales": pl.Struct({a: pl.String for a in ASPECTS}),
+            "inconsistent": pl.Boolean}  # `overall` far from the other aspects' mean (null: `overall` not judged)
 PAIR = {"id": pl.String, "instruction_id": pl.String, "prompt": pl.String, "chosen": pl.String, "rejected": pl.String,
         "chosen_id": pl.String, "rejected_id": pl.String, "chosen_model": pl.String, "rejected_model": pl.String,
         "score_chosen": pl.Float64, "score_rejected": pl.Float64, "margin": pl.Float64, "strategy": pl.String,

@@ -33,6 +33,8 @@ DEPLOYMENTS = {
     "pairs/on-demand": ("flows/preferences.py:pairs_flow", "Preference pairs from a run's judgments."),
     "constitution/on-demand": ("flows/constitution.py:constitution_flow", "Critique and revise a run's answers."),
     "cai-labels/on-demand": ("flows/constitution.py:cai_labels_flow", "RL-CAI preference labels on a run."),
+    "judge-audit/on-demand": ("flows/judge_audit.py:judge_audit_flow", "Measure the judge against human "
+                                                                       "preference labels (a pairs file)."),
     "export/on-demand": ("flows/export.py:export_flow", "Export a run's data (the automation runs it after each "
                                                         "pipeline run)."),
 }

@@ -2,7 +2,11 @@
 
     seeds → instruction rounds ─┬─► responses → (revisions) → judgments → pairs     one chain per batch,
                                 └─► ...                                            streaming
-          → quarantined batches decided by a person → review (a person approves a sample) → datasets → manifest
+          → quarantined batches decided by a person → review (a person decides a sample, row by row) → datasets
+          → manifest
+
+With `instructions` in `review.stages` the rounds finish and a person curates them before the first chain starts;
+with a later stage in it, the chains stop after that stage and the rest runs once it is reviewed.
 
 Instruction rounds run one after another (each dedups against the pool before it). Every batch of kept
 instructions goes on at once through its own chain of tasks, each waiting only for its own upstream batch, while
@@ -10,7 +14,9 @@ later rounds are still generating. Every batch passes its gate before the next s
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -106,6 +112,74 @@ class Chains:
         return stopped
 
 
+@dataclass(frozen=True)
+class Early:
+    """A stage reviewed before the stages after it are asked for anything: `instructions` (the rounds finish, a
+    person curates, then the chains start), or one in the chains (they stop there; the rest runs once reviewed)."""
+
+    instructions: bool
+    stage: str | None  # the first streamed stage reviewed before the end, if any
+
+    @classmethod
+    def of(cls, config: PipelineConfig, stages: list[str]) -> "Early":
+        streamed = [s.name for s in registry.streamed(stages)]
+        stage = next((s for s in streamed[:-1] if s in config.review.stages), None)
+        return cls("instructions" in config.review.stages, stage)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the chains stop before the stage that counts the target: the rounds cannot wait on them."""
+        return self.instructions or self.stage is not None
+
+    def chained(self, stages: list[str]) -> list[str]:
+        """The stages the chains stream: all of them, or those up to the reviewed one."""
+        return stages[:stages.index(self.stage) + 1] if self.stage else stages
+
+    def after(self, stages: list[str]) -> list[str]:
+        return stages[stages.index(self.stage) + 1:] if self.stage else []
+
+    @staticmethod
+    def enough(run: Run, target: Target, rounds: Rounds) -> bool:
+        """Instructions for the target as if each made the most rows it can (the chains start only after review);
+        once a person has curated them, no round is added to what they saw."""
+        reviewed = "decision" in review.read(run.store, run.run_id).get("instructions", {})
+        return reviewed or rounds.kept >= math.ceil(target.rows / target.most_per_instruction)
+
+
+def _whole_stage(run: Run, runner: BatchRunner, stage: str, options: dict[str, Any] | None) -> str | None:
+    """Every batch of a stage at once, after its upstream is complete; returns why the budget stopped it, if it did."""
+    refs = registry.step(run, stage, **(options or {})).refs()
+    futures = [runner.submit(run, stage, ref, options) for ref in refs]
+    stopped = None
+    for future in futures:
+        future.wait()
+        state = future.state
+        if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
+            stopped = stopped or state.message.removeprefix(STOPPED_BY_BUDGET)
+        else:
+            future.result()
+    run.dir.prune(stage, {ref.number for ref in refs})
+    return stopped
+
+
+def _stopped(run: Run, runner: BatchRunner, chains: Chains, stopped: str):
+    chains.wait()
+    summary = write_manifest(run, {"stopped": f"{stopped}; resume with a higher llm.budget_usd",
+                                   "endpoints": runner.traffic(run.config)})
+    publish_traffic(summary)
+    publish_summary(run.store, summary)
+    return Completed(message=summary["stopped"], data=summary)
+
+
+def _awaiting_review(run: Run, waiting: list[str]):
+    """Only a run with no deployment stops here: one with a deployment suspends instead."""
+    summary = write_manifest(run, {"stopped": f"waiting for review of {', '.join(waiting)}: `alignflow review "
+                                              f"{run.url}` shows the sample and records the decision; then resume",
+                                   "review": review.summary(run)})
+    publish_summary(run.store, summary)
+    return Completed(name="Awaiting review", message=summary["stopped"], data=summary)
+
+
 def enough(target: Target, rounds: Rounds, chains: Chains) -> bool:
     """Whether the run has made its target, waiting for the chains in flight only when they could complete it."""
     if target.dataset == "instructions":
@@ -148,36 +222,44 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
     start_run(run, stages, options, allow_config_change)
 
     target = Target.of(config)
-    chains = Chains(run, runner, stages, options)
-    rounds = Rounds(run, runner, target, enough=lambda: enough(target, rounds, chains),
-                    tokens=lambda: rounds.spent_tokens + chains.tokens())
+    early = Early.of(config, stages)
+    chains = Chains(run, runner, early.chained(stages), options)
+    rounds = Rounds(run, runner, target, enough=lambda: early.enough(run, target, rounds) if early.stopped
+                    else enough(target, rounds, chains), tokens=lambda: rounds.spent_tokens + chains.tokens())
     progress = RunProgress(run.run_id)
 
     def show() -> None:  # the rounds toward the target are the first 30%, the batches after them the rest
         progress.update(0.3 * min(1.0, rounds.kept / target.rows) + 0.7 * chains.settled())
 
     for record in rounds:
-        chains.add(record)
+        if not early.instructions:
+            chains.add(record)
         show()
-    if stopped := rounds.stopped_by_budget or chains.wait(show):  # stop cleanly: the same run id resumes
-        chains.wait()
-        summary = write_manifest(run, {"stopped": f"{stopped}; resume with a higher llm.budget_usd",
-                                       "endpoints": runner.traffic(config)})
-        publish_traffic(summary)
-        publish_summary(run.store, summary)
-        return Completed(message=summary["stopped"], data=summary)
-
+    if rounds.stopped_by_budget:
+        return _stopped(run, runner, chains, rounds.stopped_by_budget)
     run.dir.prune("instructions", set(range(len(rounds.records))))
+    if early.instructions:  # curated before any response is asked for: only the rows the reviewer kept go on
+        if waiting := review_stages(run, ["instructions"]):
+            return _awaiting_review(run, waiting)
+        for record in run.dir.checkpoints("instructions"):
+            chains.add(record)
+    if stopped := chains.wait(show):  # stop cleanly: the same run id resumes
+        return _stopped(run, runner, chains, stopped)
     for stage in chains.stages:
         run.dir.prune(stage, set(range(len(chains.sizes))))
+    for stage in early.after(stages):  # the chains stopped at a reviewed stage: the rest, once it is reviewed
+        if waiting := review_stages(run, [early.stage]):
+            return _awaiting_review(run, waiting)
+        if stopped := _whole_stage(run, runner, stage, options.get(stage)):
+            return _stopped(run, runner, chains, stopped)
     if ask_about_quarantine(run):  # a person released batches: make what follows from them, then go on
         return _pipeline(run, runner, allow_config_change)
     if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead
-        summary = write_manifest(run, {"stopped": f"waiting for review of {', '.join(waiting)}: `alignflow review "
-                                                  f"{run.url}` shows the sample and records the decision; then resume",
-                                       "review": review.summary(run)})
+        return _awaiting_review(run, waiting)
+    if held := review.held_by_agreement(run, review.summary(run)):
+        summary = write_manifest(run, {"held": held, "stopped": None, "review": review.summary(run)})
         publish_summary(run.store, summary)
-        return Completed(name="Awaiting review", message=summary["stopped"], data=summary)
+        return Completed(name="Held: judge agreement", message=held, data=summary)
     datasets = write_datasets(run)
     if options:
         datasets |= write_cai_datasets(run)

@@ -9,36 +9,63 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from prefect import get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.flow_runs import suspend_flow_run
 from prefect.input import RunInput
 from prefect.runtime import deployment, flow_run
-from pydantic import Field
+from pydantic import Field, create_model
 
 from alignflow.engine.run import Run
 from alignflow.review import decisions as review
 
 
 class ReviewInput(RunInput):
-    """A reviewer's answer: what the form in the Prefect UI asks."""
+    """A reviewer's answer for the stage: what the form in the Prefect UI asks above the rows."""
 
     decision: Literal["approve", "reject", "reject_rows"] = Field(
-        title="Decision", description="approve: the rows go into the datasets; reject: none of them do; reject_rows: "
-                                      "all but the rows listed below")
+        "approve", title="Decision", description="approve: the rows go on, but those you decide otherwise below; "
+                                                 "reject: none of the stage's rows do; reject_rows: all but the rows "
+                                                 "listed below")
     rows: list[str] = Field(default_factory=list, title="Rows to reject",
-                            description="with reject_rows: the `id` of each row to leave out (from the table above)")
+                            description="with reject_rows: the `id` of each row to leave out")
     note: str = Field("", title="Note", description="why; stored with the decision in the run's review.json")
 
 
-def review_stages(run: Run) -> list[str]:
-    """Each stage in `review.stages`, reviewed in turn. Returns the stages still waiting for a reviewer (only a run
-    started without a deployment has any: it stops there)."""
+def review_form(stage: str, sample: list[str], shown: dict[str, str] | None = None) -> type[RunInput]:
+    """The form for one stage's sample: the stage's decision, then one decision field per sampled row (default
+    `keep`) under the row itself (`shown`: Markdown by id); for instructions, a field for the edited text of each."""
+    choices = review.row_decisions(stage)
+    fields: dict[str, Any] = {}
+    for n, row_id in enumerate(sample, 1):
+        described = f"{(shown or {}).get(row_id, '')}\n\n**Decide:** {' / '.join(choices)}".strip()
+        fields[f"row_{n}"] = (Literal[choices], Field("keep", title=f"Row {n} ({row_id})", description=described))
+        if "edit" in choices:
+            fields[f"edit_{n}"] = (str, Field("", title=f"Row {n}: edited text",
+                                              description="with edit: the instruction as it should read"))
+    return create_model(f"Review_{stage}", __base__=ReviewInput, **fields)
+
+
+def per_row(stage: str, sample: list[str], answer: RunInput) -> dict[str, Any]:
+    """The per-row decisions a form's answer makes (rows left at `keep` included: a person saw and kept them)."""
+    out: dict[str, Any] = {}
+    for n, row_id in enumerate(sample, 1):
+        verdict = getattr(answer, f"row_{n}", "keep")
+        out[row_id] = {"decision": "edit", "text": getattr(answer, f"edit_{n}", "")} if verdict == "edit" else verdict
+    return out
+
+
+def review_stages(run: Run, stages: list[str] | None = None) -> list[str]:
+    """Each of `stages` (default: those of `review.stages`, and any decided outside the run, e.g. in Argilla),
+    reviewed in turn; a stage decided before is applied again, which changes nothing. Returns the stages still
+    waiting for a reviewer (only a run started without a deployment has any: it stops there)."""
     waiting = []
-    decided_outside = [s for s, e in review.read(run.store, run.run_id).items() if "decision" in e]  # e.g. Argilla
-    for stage in dict.fromkeys([*run.config.review.stages, *decided_outside]):
+    if stages is None:
+        decided_outside = [s for s, e in review.read(run.store, run.run_id).items() if "decision" in e]
+        stages = list(dict.fromkeys([*run.config.review.stages, *decided_outside]))
+    for stage in stages:
         if not _decided(run, stage):
             waiting.append(stage)
             continue
@@ -64,12 +91,15 @@ def _decided(run: Run, stage: str) -> bool:
     # an answer that cannot be recorded (an unknown row id) is asked again, saying why; each question has its own
     # suspension key, so a resumed run replays the answers given and stops at the first question not answered
     for attempt in itertools.count():
-        form = ReviewInput.with_initial_data(description=problem + _ask(run, stage, entry))
+        form = review_form(stage, entry["sample"], _shown(run, stage)).with_initial_data(
+            description=problem + _ask(run, stage, entry))
         answer = suspend_flow_run(wait_for_input=form, timeout=int(max(left, 1)), key=f"review-{stage}-{attempt}")
         if "decision" in review.read(run.store, run.run_id)[stage]:  # answered from the command line meanwhile
             return True
+        decided = {i: d for i, d in per_row(stage, entry["sample"], answer).items() if i not in answer.rows}
         try:
-            review.decide(run.store, run.run_id, stage, answer.decision, answer.rows, answer.note, by="prefect")
+            review.decide(run.store, run.run_id, stage, answer.decision, answer.rows, answer.note, by="prefect",
+                          per_row=decided)
             return True
         except review.ReviewError as exc:
             get_run_logger().warning("review: %s; asking again", exc)
@@ -85,16 +115,46 @@ def _publish(run: Run, stage: str, entry: dict) -> None:
 
 
 def _ask(run: Run, stage: str, entry: dict) -> str:
-    """The form's text: what to decide, by when, and the sampled rows themselves."""
-    rows = review.sample_rows(run.store, run.run_id, stage)
-    shown = [c for c in ("id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected") if c in rows.columns]
-    table = [f"| {' | '.join(shown)} |", "|" + "---|" * len(shown)]
-    table += [f"| {' | '.join(_cell(row[c]) for c in shown)} |" for row in rows.to_dicts()]
+    """The form's text: what to decide, and by when; each row is shown above its own decision field."""
     deadline = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(entry["deadline"]))
-    return (f"### Review {stage} of run `{run.run_id}`\n\n{len(entry['sample'])} of the {entry['rows']} rows, drawn "
-            f"at random (all of them: `{run.url}/{stage}/kept`; these in full: the `review-{stage}` artifact). "
-            f"Approve them, reject the stage, or reject the rows you list by id. With no answer by {deadline}, the "
-            f"run decides `{run.config.review.on_timeout}`.\n\n" + "\n".join(table) + "\n")
+    choices = ", ".join(f"`{c}`" for c in review.row_decisions(stage))
+    drawn = ("drawn at random" if len(entry.get("random", entry["sample"])) == len(entry["sample"]) else
+             f"{len(entry['random'])} drawn at random, the rest where the judge is least sure")
+    return (f"### Review {stage} of run `{run.run_id}`\n\n{len(entry['sample'])} of the {entry['rows']} rows, {drawn} "
+            f"(all of them: `{run.url}/{stage}/kept`). Decide each row below ({choices}; default `keep`), and the "
+            f"stage: `approve` sends on every row not dropped, `reject` none. With no answer by {deadline}, the run "
+            f"decides `{run.config.review.on_timeout}`.\n")
+
+
+def _shown(run: Run, stage: str) -> dict[str, str]:
+    """Each sampled row as Markdown, by id."""
+    return {row["id"]: _row_block(row) for row in review.sample_rows(run.store, run.run_id, stage).to_dicts()}
+
+
+def _row_block(row: dict) -> str:
+    """One row, legible: the prompt, then each answer as its own block with the judge's scores and reasons."""
+    lines = [f"*Drawn: {row.get('why') or 'random'}*", ""]
+    if "instruction" in row:
+        lines += [_quote(row["instruction"]), "",
+                  " · ".join(f"{k}: {_cell(row[k], 40)}" for k in ("source", "round", "evolution", "max_similarity")
+                             if row.get(k) is not None)]
+        return "\n".join(lines)
+    lines += ["**Prompt**", "", _quote(row.get("prompt", ""))]
+    for side in ("chosen", "rejected"):
+        if side not in row:
+            continue
+        scores = row.get(f"{side}_scores") or {}
+        shown = ", ".join(f"{a} {v:g}" for a, v in scores.items() if v is not None)
+        score = row.get(f"score_{side}")
+        lines += ["", f"**{side.capitalize()}** (the judge: {score:.2f}{f'; {shown}' if shown else ''})"
+                  if isinstance(score, float) else f"**{side.capitalize()}**", "", _quote(row.get(side) or "")]
+        if reason := row.get(f"{side}_rationale"):
+            lines += ["", f"*Judge's reasons:* {_cell(reason, 1200)}"]
+    return "\n".join(lines)
+
+
+def _quote(text: str) -> str:
+    return "\n".join(f"> {line}" if line.strip() else ">" for line in str(text).splitlines()) or ">"
 
 
 def _cell(value, limit: int = 90) -> str:

@@ -18,6 +18,7 @@ from alignflow.engine.step import BatchRef
 from alignflow.llm.ledger import BudgetReached
 from alignflow.llm.preflight import check_endpoints
 from alignflow.llm.prices import load_prices
+from alignflow.quality import curate
 from alignflow.stages import exports, registry
 from alignflow.stages.changes import check_config
 from tasks import limits
@@ -55,8 +56,11 @@ BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stag
 @task(name="start-run", cache_policy=NO_CACHE, persist_result=False)
 def start_run(run: Run, names: list[str], options: dict[str, dict[str, Any]],
               allow_config_change: list[str] | None = None) -> list[str]:
-    """Check the shared limits exist; say, before anything is made, which stages a changed config makes again;
-    then make the seeds batch."""
+    """Check the curators import and the shared limits exist; say, before anything is made, which stages a changed
+    config makes again; then make the seeds batch."""
+    for stage in ("instructions", "responses"):  # a CurateError names the curator, before any request
+        if stage in names:
+            curate.resolve(getattr(run.config, stage).curate)
     check_endpoints(run.config.llms())  # a refused key or an endpoint nobody answers, before anything is written
     if gone := limits.run_sync(limits.missing(run.config.llms())):
         raise MissingLimit(f"the Prefect server has no global concurrency limit {', '.join(gone)} (llm.limit_name): "

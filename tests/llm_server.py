@@ -762,3 +762,48 @@ class LLMTestServer:
             "model": model, "content": content, "stop_reason": stop, "stop_sequence": None,
             "usage": {"input_tokens": in_tok, "output_tokens": out_tok},
         }
+
+
+# --------------------------------------------------------------------------- judge responders
+
+_JUDGE_ANSWER = r"### Answer \d+\n(.*?)(?=\n\n### Answer \d+\n|\n\nRate all \d+ answers)"
+
+
+def judge_prompt_answers(req: dict) -> list[str] | None:
+    """The answers a judge prompt (`alignflow/prompts/judge.txt`) shows, in the order shown; None for any other
+    request. A re-ask adds turns after the prompt, so the first user message is the one read."""
+    import re
+
+    first = next((m for m in req.get("messages") or [] if m.get("role") == "user"), None)
+    text = _text_of(first.get("content")) if first else ""
+    if "Rate all " not in text or "### Answer 1\n" not in text:
+        return None
+    return re.findall(_JUDGE_ANSWER, text, flags=re.S)
+
+
+def preferring_judge(chosen: set[str]) -> Responder:
+    """A judge that rates 5 each shown answer in `chosen` (the answers people preferred) and 1 any other."""
+    wanted = {text.strip() for text in chosen}
+
+    def respond(req: dict, kind: str) -> dict | None:
+        answers = judge_prompt_answers(req)
+        if answers is None:
+            return None
+        return {"ratings": [{"rationale": "the preferred answer" if a.strip() in wanted else "the other answer",
+                             "rating": 5 if a.strip() in wanted else 1} for a in answers]}
+
+    return respond
+
+
+def random_judge(seed: int = 0) -> Responder:
+    """A judge that rates every shown answer 1-5 at random: seeded by `seed` and the request, so the same request
+    gets the same ratings whatever order requests arrive in."""
+
+    def respond(req: dict, kind: str) -> dict | None:
+        answers = judge_prompt_answers(req)
+        if answers is None:
+            return None
+        rnd = random.Random(_digest(seed, req))
+        return {"ratings": [{"rationale": "a coin", "rating": rnd.randint(1, 5)} for _ in answers]}
+
+    return respond

@@ -171,9 +171,10 @@ def submit(dialog) -> None:
     pytest.fail("the resume form did not close after three submits")
 
 
-def choose(page, dialog, option: str) -> None:
-    """Pick an option of the form's (only) select: it opens from the keyboard."""
-    dialog.locator("button.p-select-button__control").first.focus()
+def choose(page, dialog, option: str, nth: int = 0) -> None:
+    """Pick an option of the form's `nth` select (the first: the stage's decision; then one per row): it opens from
+    the keyboard."""
+    dialog.locator("button.p-select-button__control").nth(nth).focus()
     page.keyboard.press("ArrowDown")
     page.locator(".p-select-options").get_by_role("option", name=option, exact=True).click()
 
@@ -285,8 +286,10 @@ def test_deployed_run_with_a_partial_config_waits_for_review_resumes_through_the
         assert not set(rejected) & set(dpo["pair_id"]) and len(set(sample_ids := [r["id"] for r in rows]) -
                                                                  set(rejected) - set(dpo["pair_id"])) == 0
         decision = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["decision"]
-        assert decision | {"at": None} == {"action": "reject_rows", "rows": rejected, "by": "prefect",
-                                           "note": "two answers are off topic", "at": None}
+        assert decision | {"at": None, "per_row": None} == {"action": "reject_rows", "rows": rejected, "by": "prefect",
+                                                            "note": "two answers are off topic", "at": None,
+                                                            "per_row": None}
+        assert {d["decision"] for i, d in decision["per_row"].items() if i not in rejected} == {"keep"}  # the default
         assert manifest["review"]["pairs"]["rows_rejected"] == 2 and sample_ids
 
         # the shipped automation exports the new datasets through the export deployment
@@ -413,9 +416,13 @@ def test_a_review_answered_from_the_ui_form(deployed, tmp_path):
         with ui(api) as page:
             dialog = resume_form(page, flow_run_id)
             assert all(row_id in dialog.inner_text() for row_id in sample)  # the sampled rows are in the form
+            text = dialog.inner_text()
+            assert "**" not in text and "Chosen (the judge:" in text and "Rejected (the judge:" in text
             choose(page, dialog, "reject_rows")
             fill_list(page, dialog, rejected)
-            dialog.locator("textarea").last.fill("two answers miss the question")
+            choose(page, dialog, "swap", nth=1)  # row 1: the rejected answer is the better one
+            dialog.locator("textarea").nth(len(rejected)).fill("two answers miss the question")
+            dialog.get_by_text("Row 1 (").first.scroll_into_view_if_needed()
             screenshot(page, "review-pause.png")
             submit(dialog)
             wait_for(api, flow_run_id, "COMPLETED")
@@ -426,5 +433,52 @@ def test_a_review_answered_from_the_ui_form(deployed, tmp_path):
     decision = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["decision"]
     assert (decision["action"], decision["rows"], decision["by"], decision["note"]) == (
         "reject_rows", rejected, "prefect", "two answers miss the question")
+    assert decision["per_row"][sample[0]] == {"decision": "swap"}
     dpo = pl.read_parquet(store / run_id / "datasets/dpo.parquet")
     assert not set(rejected) & set(dpo["pair_id"])
+    assert dpo.filter(pl.col("pair_id") == sample[0])["margin"][0] < 0  # flipped
+
+
+def test_instructions_are_curated_in_the_ui_form_before_any_response_is_asked_for(deployed, tmp_path):
+    api = deployed
+    store = tmp_path / "store"
+    with LLMTestServer() as llm:
+        flow_run_id = start(api, llm, store, instructions={"target": 20}, responses={"llm": {"model": "resp"}},
+                            review={"stages": ["instructions", "pairs"], "sample": 4})
+        paused = wait_for(api, flow_run_id, "PAUSED")
+        run_id = run_id_of(paused)
+        assert not llm.arrivals_by_model.get("resp")  # suspended before any response request; no worker held
+        assert not list((store / run_id).glob("responses/*/*.parquet"))
+        sample = json.loads((store / run_id / "review.json").read_text())["stages"]["instructions"]["sample"]
+        order = pl.read_parquet(store / run_id / "instructions/kept/*.parquet")["id"].to_list()
+        first = sorted(range(len(sample)), key=lambda n: order.index(sample[n]))  # responses go in kept order
+        dropped, edited = first[0], first[1]
+        with ui(api) as page:
+            dialog = resume_form(page, flow_run_id)
+            assert all(row_id in dialog.inner_text() for row_id in sample)
+            dialog.get_by_text("Row 1 (").first.scroll_into_view_if_needed()
+            screenshot(page, "review-instructions.png")
+            choose(page, dialog, "drop", nth=1 + dropped)
+            choose(page, dialog, "edit", nth=1 + edited)
+            edit_box = dialog.locator("textarea").nth(1 + edited)  # the note's, then each row's edited text
+            edit_box.fill("Explain how tides work, in three sentences.")
+            submit(dialog)
+        wait_for(api, flow_run_id, "PAUSED", after=paused)  # the pairs' review, answered through the API per row
+        pairs = json.loads((store / run_id / "review.json").read_text())["stages"]["pairs"]["sample"]
+        before = pl.read_parquet(store / run_id / "pairs/kept/*.parquet").filter(pl.col("id") == pairs[0])
+        api.post(f"/flow_runs/{flow_run_id}/resume", json={"run_input": {
+            "decision": "approve", "row_1": "swap", "row_2": "drop", "note": "one flipped, one off"}}).raise_for_status()
+        wait_for(api, flow_run_id, "COMPLETED")
+    dpo = pl.read_parquet(store / run_id / "datasets/dpo.parquet")
+    assert pairs[1] not in set(dpo["pair_id"])
+    assert dpo.filter(pl.col("pair_id") == pairs[0])["chosen"].to_list() == before["rejected"].to_list()
+    manifest = json.loads((store / run_id / "manifest.json").read_text())
+    assert manifest["review"]["pairs"]["rows_swap"] == 1 and "agreement" in manifest["review"]["pairs"]
+    decision = json.loads((store / run_id / "review.json").read_text())["stages"]["instructions"]["decision"]
+    assert decision["per_row"][sample[dropped]] == {"decision": "drop"}
+    assert decision["per_row"][sample[edited]]["text"] == "Explain how tides work, in three sentences."
+    responses = pl.read_parquet(store / run_id / "responses/kept/*.parquet")
+    assert sample[dropped] not in set(responses["instruction_id"])
+    assert "Explain how tides work, in three sentences." in set(responses["instruction"])
+    gone = pl.read_parquet(store / run_id / "instructions/rejected/*.parquet").filter(pl.col("id") == sample[dropped])
+    assert gone["reason"].to_list() == ["dropped by reviewer"]

@@ -76,20 +76,24 @@ def test_argilla_round_trip_annotators_preferences_become_the_review(tmp_path, c
 
         assert main(["import-labels", str(store / "r1"), str(out)]) == 0
         said = capsys.readouterr().out
-        assert "3 labelled (1 chosen, 1 rejected, 1 tie); 2 leave the datasets" in said
+        assert "3 labelled (1 chosen, 1 rejected, 1 tie); 1 flipped, 1 leave the datasets as ties" in said
         assert main(["import-labels", str(store / "r1"), str(out)]) == 2  # decided once
         assert "already reviewed" in capsys.readouterr().err
 
         requests = server.requests
         assert main(run) == 0  # the resume applies it, asking nothing
         assert server.requests == requests
-    rejected = {records[0].id, records[1].id}
+    swapped, tie = records[0].id, records[1].id  # most preferred the rejected answer; an even split
     dpo = pl.read_parquet(store / "r1/datasets/dpo.parquet")
-    assert not rejected & set(dpo["pair_id"]) and records[2].id in set(dpo["pair_id"])
+    assert tie not in set(dpo["pair_id"]) and {swapped, records[2].id} <= set(dpo["pair_id"])
+    flipped = dpo.filter(pl.col("pair_id") == swapped).row(0, named=True)
+    assert flipped["margin"] < 0  # the judge's chosen is now the rejected answer
     manifest = assert_whole(Store(str(store)), "r1")
-    assert manifest["review"]["pairs"]["by"] == "argilla" and manifest["review"]["pairs"]["rows_rejected"] == 2
+    review = manifest["review"]["pairs"]
+    assert review["by"] == "argilla" and review["rows_rejected"] == 1 and review["rows_swap"] == 1
+    assert (review["agreement"]["agree"], review["agreement"]["disagree"]) == (1, 1)
     decision = json.loads((store / "r1/review.json").read_text())["stages"]["pairs"]["decision"]
-    assert sorted(decision["rows"]) == sorted(rejected)
+    assert decision["rows"] == [tie] and decision["per_row"][swapped] == {"decision": "swap"}
 
 
 def test_import_labels_user_errors_are_one_line(tmp_path, capsys):

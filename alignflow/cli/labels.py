@@ -32,8 +32,9 @@ def cmd_import_labels(args) -> int:
     except (LabelsError, QuarantineError) as exc:
         return fail(str(exc))
     verdicts = ", ".join(f"{n} {v}" for v, n in sorted(decision["verdicts"].items()))
-    print(f"pairs of run {run_id}: {decision['labelled']} labelled ({verdicts}); {len(decision['rows'])} leave the "
-          f"datasets as rejected by reviewer")
+    said = [d["decision"] for d in decision["per_row"].values()]
+    print(f"pairs of run {run_id}: {decision['labelled']} labelled ({verdicts}); {said.count('swap')} flipped, "
+          f"{said.count('tie')} leave the datasets as ties")
     print(launch.launcher().resume_review(waiting, "pairs", decision) if waiting and launch.registered()
           else f"resume the run (`alignflow run CONFIG --run-id {run_id}`) to write its datasets without them")
     return 0

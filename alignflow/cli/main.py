@@ -10,15 +10,18 @@ from alignflow.config import ConfigError, PipelineConfig, load_config
 from alignflow.stages.constitution import ConstitutionError
 from alignflow.stages.seeds import SeedError, load_seeds
 
-COMMAND_GROUPS = ("dedup", "export", "quarantine", "review", "labels", "constitution", "agreement")
+COMMAND_GROUPS = ("dedup", "export", "quarantine", "review", "labels", "constitution", "agreement", "judge")
 
 
 def _preflight(config: PipelineConfig) -> None:
-    """Catch what would fail minutes later: unreadable seeds, a missing or broken suite, a missing or refused API
-    key, an endpoint nobody answers, a store that cannot be written."""
+    """Catch what would fail minutes later: unreadable seeds, a curator that does not import, a missing or broken
+    suite, a missing or refused API key, an endpoint nobody answers, a store that cannot be written."""
     from alignflow.engine.store import Store
+    from alignflow.quality.curate import resolve
 
     load_seeds(config.seeds)
+    resolve(config.instructions.curate)
+    resolve(config.responses.curate)
     Store(config.store).check_writable()
     if config.gate.enabled:
         from alignflow.quality.expectations import require_suites
@@ -73,6 +76,7 @@ def cmd_run(args) -> int:
     from alignflow.engine.lease import LeaseHeld
     from alignflow.engine.run import RunIdError, check_run_id, new_run_id
     from alignflow.engine.store import StoreError
+    from alignflow.quality.curate import CurateError
     from alignflow.quality.expectations import SuiteError
     from alignflow.stages.changes import ConfigChanged
 
@@ -84,7 +88,7 @@ def cmd_run(args) -> int:
         if args.run_id:
             _resumable(config, run_id, allowed)
     except (ConfigError, SeedError, ConstitutionError, SuiteError, LeaseHeld, ConfigChanged, RunIdError,
-            StoreError) as exc:
+            StoreError, CurateError) as exc:
         return _fail(str(exc))
     from rich.console import Console
 
@@ -106,6 +110,8 @@ def cmd_run(args) -> int:
     _print_summary(manifest)
     if manifest.get("stopped"):
         return _fail(f"run {run_id} stopped: {manifest['stopped']}", EXIT_STOPPED)
+    if manifest.get("held"):
+        return _fail(f"run {run_id} made no datasets: {manifest['held']}", EXIT_EMPTY)
     from alignflow.engine.manifest import why_empty
     from alignflow.engine.store import Store
     from alignflow.stages.registry import made_through
@@ -142,6 +148,10 @@ def _print_summary(manifest: dict) -> None:
         for row in rows[1:]:
             out.add_row(*row)
         console.print(out)
+    for stage, review in (manifest.get("review") or {}).items():
+        if found := review.get("agreement"):
+            print(f"judge vs reviewer ({stage}): {found['text']}; where the judge was least sure: "
+                  f"{found['uncertain']['agree']} of {found['uncertain']['n']} (biased by design)")
     tokens = manifest["tokens"]
     print(f"tokens: {tokens['input_tokens']} in, {tokens['output_tokens']} out; cost: {dollars(manifest.get('cost_usd'))}"
           + ("" if manifest.get("cost_usd") is not None else " (a model has no price: see `prices`)"))

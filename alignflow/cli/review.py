@@ -1,8 +1,9 @@
-"""`alignflow review RUN_DIR [--approve | --reject | --reject-rows ID ...]`: a person's review from the command line.
+"""`alignflow review RUN_DIR [--stage S] [--swap ID] [--drop ID] [--tie ID] [--edit ID=TEXT] [--decisions FILE]
+[--approve | --reject | --reject-rows ID ...]`: a person's review from the command line.
 
-Without a decision it shows what waits: each stage's sampled rows. With one, it records it in the run's
-`review.json`; a flow run suspended for that review on a Prefect server is resumed with it, and a run started from
-the command line picks it up when resumed with its run id.
+Without a decision it shows what waits: each stage's sampled rows, each with why it was drawn. With one, it records
+it in the run's `review.json`; a flow run suspended for that review on a Prefect server is resumed with it, and a
+run started from the command line picks it up when resumed with its run id. Row decisions alone approve the rest.
 """
 from __future__ import annotations
 
@@ -18,6 +19,15 @@ def register(sub) -> None:
     decision.add_argument("--reject", action="store_true", help="none of the stage's rows go into the datasets")
     decision.add_argument("--reject-rows", nargs="+", metavar="ID",
                           help="leave out these rows (by `id`), keep the rest")
+    for verdict, meaning in (("keep", "the judge (or the generator) got it right"),
+                             ("drop", "leave the row out (a bad prompt, or both answers bad)"),
+                             ("swap", "pairs: the rejected answer is the better one; the pair is flipped"),
+                             ("tie", "pairs: neither answer is better; the pair leaves the datasets")):
+        review.add_argument(f"--{verdict}", nargs="+", metavar="ID", default=[], help=meaning)
+    review.add_argument("--edit", nargs="+", metavar="ID=TEXT", default=[],
+                        help="instructions: replace the row's text (the original is recorded)")
+    review.add_argument("--decisions", metavar="FILE",
+                        help="a JSON or YAML mapping of row id to a decision (`swap`, or {decision: edit, text: ...})")
     review.add_argument("--note", default="", help="why; stored with the decision")
     review.set_defaults(func=cmd_review)
 
@@ -32,20 +42,59 @@ def cmd_review(args) -> int:
         stages = review.read(store, run_id)
         if not stages:
             return fail(f"run {run_id} has no review: set `review.stages` in its config")
-        if not (args.approve or args.reject or args.reject_rows):
+        per_row = _per_row(args)
+        if not (args.approve or args.reject or args.reject_rows or per_row):
             _show(store, run_id, stages)
             return 0
         stage = args.stage or _waiting(run_id, stages)
-        action = "approve" if args.approve else "reject" if args.reject else "reject_rows"
-        decision = review.decide(store, run_id, stage, action, args.reject_rows, args.note, by="cli")
+        action = "reject" if args.reject else "reject_rows" if args.reject_rows else "approve"
+        decision = review.decide(store, run_id, stage, action, args.reject_rows, args.note, by="cli", per_row=per_row)
     except (review.ReviewError, QuarantineError) as exc:
         return fail(str(exc))
-    rejected = f" ({len(decision['rows'])} rows)" if decision["rows"] else ""
-    print(f"{stage} of run {run_id}: {action}{rejected}, recorded in {store.join(run_id)}/{review.REVIEW}")
+    said = [d["decision"] for d in decision["per_row"].values()]
+    counted = ", ".join(f"{said.count(v)} {v}" for v in dict.fromkeys(said))
+    print(f"{stage} of run {run_id}: {action}{f' ({counted})' if counted else ''}, recorded in "
+          f"{store.join(run_id)}/{review.REVIEW}")
     flow_run_id = stages[stage].get("flow_run_id")
     print(launch.launcher().resume_review(flow_run_id, stage, decision) if flow_run_id and launch.registered()
           else f"resume the run (`alignflow run CONFIG --run-id {run_id}`) to write its datasets")
     return 0
+
+
+def _per_row(args) -> dict:
+    """Row decisions from the flags and the file; a row given two decisions is an error."""
+    from alignflow.review.decisions import ReviewError
+
+    found: dict = {}
+    if args.decisions:
+        found.update(_read_decisions(args.decisions))
+    given = [(i, v) for v in ("keep", "drop", "swap", "tie") for i in getattr(args, v)]
+    for item in args.edit:
+        row_id, sep, text = item.partition("=")
+        if not sep:
+            raise ReviewError(f"--edit {item!r}: expected ID=TEXT")
+        given.append((row_id, {"decision": "edit", "text": text}))
+    for row_id, verdict in given:
+        if row_id in found and found[row_id] != verdict:
+            raise ReviewError(f"row {row_id} is given two decisions")
+        found[row_id] = verdict
+    return found
+
+
+def _read_decisions(path: str) -> dict:
+    import yaml
+
+    from alignflow.review.decisions import ReviewError
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8"))  # YAML reads JSON too
+    except OSError as exc:
+        raise ReviewError(f"cannot read decisions file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ReviewError(f"{path}: not valid JSON or YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, (str, dict)) for k, v in data.items()):
+        raise ReviewError(f"{path}: expected a mapping of row id to a decision (`swap`, or {{decision: edit, text: ...}})")
+    return data
 
 
 def _waiting(run_id: str, stages: dict) -> str:
@@ -68,7 +117,8 @@ def _show(store, run_id: str, stages: dict) -> None:
     for stage, entry in stages.items():
         made = entry.get("decision")
         if made:
-            rows = f" ({len(made['rows'])} rows)" if made["rows"] else ""
+            decided = made.get("per_row") or made["rows"]
+            rows = f" ({len(decided)} rows decided)" if decided else ""
             console.print(f"{stage}: {made['action']}{rows} by {made['by']} at {made['at']}"
                           + (f": {made['note']}" if made["note"] else ""))
             continue
@@ -76,10 +126,12 @@ def _show(store, run_id: str, stages: dict) -> None:
         table = Table(title=f"{stage} of run {run_id}: {rows.height} of {entry['rows']} rows, waiting for review",
                       show_lines=True)
         for column in rows.columns:
-            wide = column in ("prompt", "chosen", "rejected")
+            wide = column in ("prompt", "chosen", "rejected", "instruction", "why")
             table.add_column(column, overflow="fold", max_width=48 if wide else None)
         for row in rows.iter_rows():
             table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
         console.print(table)
-        console.print(f"decide: alignflow review {store.join(run_id)} --approve | --reject | --reject-rows ID ... "
-                      "[--note TEXT]")
+        verdicts = " ".join(f"--{v} ID" for v in review.row_decisions(stage) if v != "edit")
+        edit = " --edit ID=TEXT" if "edit" in review.row_decisions(stage) else ""
+        console.print(f"decide: alignflow review {store.join(run_id)} --stage {stage} [{verdicts}{edit} ...] "
+                      "[--approve | --reject] [--note TEXT]")

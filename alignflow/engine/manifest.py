@@ -18,6 +18,8 @@ SUMMED = ("inputs", "requests", "cached", "input_tokens", "output_tokens")
 def stage_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     counts = {o: sum(r["counts"][o] for r in records) for o in OUTCOMES}
     counts |= {k: sum(r.get(k) or 0 for r in records) for k in SUMMED}
+    if any("inconsistent" in r for r in records):  # judgments whose `overall` contradicts the aspects (Notus)
+        counts["inconsistent"] = sum(r.get("inconsistent") or 0 for r in records)
     counts["batches"] = len(records)
     counts["quarantined_batches"] = sum(r.get("gate") in ("quarantined", "dropped") for r in records)
     return counts
@@ -159,4 +161,9 @@ def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None
             f"{review['decision']} by {review['by']} at {review['at']}, {review['rows_rejected']} rows rejected" + \
             (f": {review['note']}" if review["note"] else "")
         lines.append(f"\nReview of {stage} ({review['sampled']} rows sampled): {verdict}")
+        if found := review.get("agreement"):
+            lines.append(f"\nThe judge agrees with the reviewer on {found['text']}; where it was least sure: "
+                         f"{found['uncertain']['agree']} of {found['uncertain']['n']} (biased by design, shown apart)")
+    if held := manifest.get("held"):
+        lines.append(f"\n**Datasets held:** {held}")
     return "\n".join(lines) + "\n"

@@ -1,8 +1,8 @@
 """Labels people gave in Argilla, brought back into the run: the preference each annotator chose on a pair's
-record becomes a review decision on the pairs, applied as a reviewer's is.
+record becomes the same per-row decision a reviewer makes, applied as a reviewer's is.
 
-A pair whose annotators prefer the rejected response, or call it a tie (most of those who answered), leaves the
-datasets with the reason `rejected by reviewer`; a pair they agree with stays, as do records nobody answered.
+Most annotators prefer the chosen response: `keep`; the rejected one: `swap` (the pair is flipped, and counts as a
+judge error); a tie or an even split: `tie` (the pair leaves the datasets). Records nobody answered stay as they are.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from alignflow.review import decisions as review
 from alignflow.stages.exports import ARGILLA_RECORDS
 
 QUESTION = "preference"  # the export's question: which response is better (chosen, rejected, tie)
+AS_DECISION = {"chosen": "keep", "rejected": "swap", "tie": "tie"}
 
 
 class LabelsError(Exception):
@@ -56,13 +57,13 @@ def import_labels(store: Store, run_id: str, path: Path, note: str = "") -> dict
     found = verdicts(read_records(path))
     if not found:
         raise LabelsError(f"no record at {path} has an answer to the {QUESTION!r} question: nothing to import")
-    rejected = sorted(pair for pair, verdict in found.items() if verdict != "chosen")
     counts = Counter(found.values())
     summary = ", ".join(f"{counts[v]} {v}" for v in ("chosen", "rejected", "tie") if counts[v])
+    per_row = {pair: AS_DECISION[verdict] for pair, verdict in sorted(found.items())}
     try:
-        decision = review.decide_outside(store, run_id, "pairs", sorted(found),
-                                         "reject_rows" if rejected else "approve", rejected,
-                                         note or f"Argilla: {len(found)} pairs labelled ({summary})", by="argilla")
+        decision = review.decide_outside(store, run_id, "pairs", sorted(found), "approve", [],
+                                         note or f"Argilla: {len(found)} pairs labelled ({summary})", by="argilla",
+                                         per_row=per_row)
     except review.ReviewError as exc:
         raise LabelsError(str(exc)) from None
     return {**decision, "labelled": len(found), "verdicts": dict(counts)}

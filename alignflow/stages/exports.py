@@ -161,7 +161,7 @@ def argilla_settings(aspects: list[str]) -> dict[str, Any]:
                "settings": {"type": "text", "use_markdown": False}}
     metadata = [*(_metadata(name, "float", min=RATINGS[0], max=RATINGS[-1])
                   for name in ("score_chosen", "score_rejected")),
-                _metadata("margin", "float", min=0, max=RATINGS[-1] - RATINGS[0]),
+                _metadata("margin", "float", min=RATINGS[0] - RATINGS[-1], max=RATINGS[-1] - RATINGS[0]),
                 *(_metadata(name, "terms") for name in ("chosen_model", "rejected_model", "strategy")),
                 *(_metadata(name, "terms", visible=False) for name in ("instruction_id", "chosen_id", "rejected_id"))]
     return {"guidelines": ARGILLA_GUIDELINES, "fields": fields, "questions": [preference, *ratings, comment],

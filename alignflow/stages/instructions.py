@@ -1,9 +1,10 @@
 """Instruction rounds: Self-Instruct prompts and (optionally) Evol-Instruct rewrites, then the gate.
 
 A round is one batch, and rounds run one after another: each samples its in-context tasks from the pool the
-earlier rounds kept and is deduplicated against it. Its candidates pass the heuristic filters, then dedup
-against the seeds, the pool, and the earlier candidates of the same round. Every candidate ends as a kept row
-or a rejected row with its reason; a failed request is a failed row.
+earlier rounds kept and is deduplicated against it. Its candidates pass the heuristic filters and the config's
+own curators (`instructions.curate`), then dedup against the seeds, the pool, and the earlier candidates of the
+same round. Every candidate ends as a kept row or a rejected row with its reason (or a failed row, when a curator
+raised on it); a failed request is a failed row.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field
 from alignflow.engine.step import Answer, Batch, BatchRef, Job, Outcomes, Step, ask, digest
 from alignflow.llm.client import LLM
 from alignflow.prompts import load
-from alignflow.quality import filters
+from alignflow.quality import curate, filters
 from alignflow.quality.dedup import Index, make_index
 from alignflow.records import schema_for, stable_id
 from alignflow.stages import evol
@@ -136,7 +137,8 @@ class Instructions(Step):
 
     def settings(self) -> dict:
         cfg = self.config.instructions
-        return {**cfg.model_dump(exclude={"target", "max_rounds", "max_tokens", "llm"}),
+        return {**cfg.model_dump(exclude={"target", "max_rounds", "max_tokens", "llm", "curate"}),
+                **({"curate": curate.fingerprint(cfg.curate)} if cfg.curate else {}),
                 "llm": self.llm_settings(self.config.llm_for(STAGE))}
 
     def load(self, ref: BatchRef) -> Batch:
@@ -160,6 +162,7 @@ class Instructions(Step):
     def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
         out = Outcomes(inputs=len(answered))  # inputs are requests: each yields candidates or one failed row
         checks = filters.for_instructions(self.config.instructions)
+        curators = curate.resolve(self.config.instructions.curate)
         passed = []
         for answer in answered:
             lineage = answer.job.data
@@ -170,6 +173,12 @@ class Instructions(Step):
                 continue
             for row in candidates(answer, batch.number):
                 row["reason"] = row["reason"] or filters.first_rejection(row["instruction"], checks)
+                if not row["reason"]:  # curated before dedup: a row curated out holds no other back as its duplicate
+                    try:
+                        row["reason"] = curate.first_rejection({k: row[k] for k in row if k != "reason"}, curators)
+                    except curate.CurateFailed as exc:
+                        out.fail(row, answer, error=str(exc))
+                        continue
                 if row["reason"]:
                     out.reject(row, row["reason"], answer)
                 else:

@@ -44,7 +44,7 @@ class Call:
     order: list[int]  # order[position] = index of the response in its group
 
 
-def _render(instruction: str, responses: list[str], aspect: str) -> str:
+def render(instruction: str, responses: list[str], aspect: str) -> str:
     shown = "\n\n".join(f"### Answer {i}\n{text}" for i, text in enumerate(responses, 1))
     return load("judge").render(aspect_title=aspect.replace("_", " "), rubric=load(f"rubric_{aspect}").render(),
                                 instruction=instruction, responses=shown, count=len(responses))
@@ -52,6 +52,14 @@ def _render(instruction: str, responses: list[str], aspect: str) -> str:
 
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def inconsistent(scores: dict[str, float | None], at: float) -> bool | None:
+    """The Notus check: `overall` at least `at` away from the mean of the other aspects (None: not both judged)."""
+    others = _mean([v for a, v in scores.items() if a != "overall" and v is not None])
+    if scores.get("overall") is None or others is None:
+        return None
+    return abs(scores["overall"] - others) >= at
 
 
 class Judge(Step):
@@ -65,7 +73,8 @@ class Judge(Step):
 
     def settings(self) -> dict:
         cfg = self.config.judge
-        return {"aspects": cfg.aspects, "both_orders": cfg.both_orders, "llm": self.llm_settings(self.config.llm_for("judge"))}
+        return {"aspects": cfg.aspects, "both_orders": cfg.both_orders, "llm": self.llm_settings(self.config.llm_for("judge")),
+                **({"inconsistent_at": cfg.inconsistent_at} if "overall" in cfg.aspects else {})}
 
     def refs(self) -> list[BatchRef]:
         return self.following("responses")
@@ -85,7 +94,7 @@ class Judge(Step):
             for aspect in cfg.aspects:
                 for reverse in (False, True) if cfg.both_orders else (False,):
                     order = forward[::-1] if reverse else forward
-                    text = _render(group["instruction"][0], [texts[i] for i in order], aspect)
+                    text = render(group["instruction"][0], [texts[i] for i in order], aspect)
                     jobs.append(ask(llm, template, text, label=f"{aspect}{' reversed' if reverse else ''}",
                                     data=Call(g, aspect, reverse, order), schema=ratings_for(len(texts)),
                                     max_tokens=max(llm.config.max_tokens, 120 * len(texts))))
@@ -125,6 +134,9 @@ class Judge(Step):
                 rev = _mean([v for (_, rev), v in scores[i].items() if rev])
                 rated.add(row["instruction_id"])
                 out.keep({**base, **aspect_scores, "rating": _mean(list(aspect_scores.values())), "rating_forward": fwd,
-                          "rating_reversed": rev, "rationales": {a: rationales[i].get(a) for a in ASPECTS}}, *answers)
+                          "rating_reversed": rev, "rationales": {a: rationales[i].get(a) for a in ASPECTS},
+                          "inconsistent": inconsistent(aspect_scores, self.config.judge.inconsistent_at)}, *answers)
         out.notes["rated_instructions"] = len(rated)  # the SFT rows this batch can make
+        if "overall" in self.config.judge.aspects:
+            out.notes["inconsistent"] = sum(bool(row.get("inconsistent")) for row, _ in out.kept)
         return out

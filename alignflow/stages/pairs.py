@@ -62,7 +62,8 @@ class Pairs(Step):
 
     def settings(self) -> dict:
         cfg = self.config.pairs
-        return {"strategy": cfg.strategy, "min_margin": cfg.min_margin}
+        ranked = cfg.rank_by != "aspects" or "overall" in self.config.judge.aspects
+        return {"strategy": cfg.strategy, "min_margin": cfg.min_margin, **({"rank_by": cfg.rank_by} if ranked else {})}
 
     def refs(self) -> list[BatchRef]:
         return self.following("judgments")
@@ -73,6 +74,7 @@ class Pairs(Step):
         rated = judgments.drop("instruction_id", "model", "provider").join(
             responses.select("id", "instruction_id", "instruction", "response", "model"),
             left_on="response_id", right_on="id")
+        rated = rated.with_columns(rank_score(self.config.pairs.rank_by, self.config.judge.aspects).alias("rating"))
         return self.batch_of(ref, rated.select("response_id", "instruction_id", "instruction", "response", "model",
                                                "rating", *ASPECTS).sort("response_id"))
 
@@ -94,6 +96,15 @@ class Pairs(Step):
                 else:
                     out.keep(pair)
         return out
+
+
+def rank_score(rank_by: str, judged: list[str]) -> pl.Expr:
+    """What ranks a response: the mean of the judged aspects but `overall` (Notus: `overall` often contradicts
+    them), `overall` itself, or one aspect. With only `overall` judged, `aspects` is `overall`."""
+    if rank_by != "aspects":
+        return pl.col(rank_by)
+    others = [a for a in judged if a != "overall"] or ["overall"]
+    return pl.mean_horizontal(*others)
 
 
 def inputs(rated: pl.DataFrame, strategy: str) -> int:

@@ -11,6 +11,7 @@ import random
 from alignflow.config import LLMConfig, PipelineConfig
 from alignflow.engine.step import Answer, Batch, BatchRef, Job, Outcomes, Step, ask, slices
 from alignflow.prompts import load
+from alignflow.quality import curate
 from alignflow.records import stable_id
 
 STAGE = "responses"
@@ -52,7 +53,8 @@ class Responses(Step):
     def settings(self) -> dict:
         cfg = self.config.responses
         return {"per_instruction": cfg.per_instruction, "principles": cfg.principles,
-                "generators": [self.llm_settings(g) for g in self.config.generators()]}
+                "generators": [self.llm_settings(g) for g in self.config.generators()],
+                **({"curate": curate.fingerprint(cfg.curate)} if cfg.curate else {})}
 
     def refs(self) -> list[BatchRef]:
         plan = Plan(self.config)
@@ -84,8 +86,10 @@ class Responses(Step):
         return jobs
 
     def rows(self, batch: Batch, answered: list[Answer]) -> Outcomes:
-        """Every (instruction, generator, sample) becomes exactly one kept, rejected or failed row."""
+        """Every (instruction, generator, sample) becomes exactly one kept, rejected or failed row; a non-empty
+        response goes through the config's curators (`responses.curate`), and one that raises on it fails it."""
         out = Outcomes()
+        curators = curate.resolve(self.config.responses.curate)
         for answer in answered:
             (row, g, sample, principle), llm, request = answer.job.data, answer.job.llm, answer.job.request
             result = answer.result
@@ -97,5 +101,14 @@ class Responses(Step):
             elif not result.text.strip():
                 out.reject({**base, "response": result.text}, "empty response", answer)
             else:
-                out.keep({**base, "response": result.text.strip()}, answer)
+                made = {**base, "response": result.text.strip()}
+                try:
+                    reason = curate.first_rejection(made, curators)
+                except curate.CurateFailed as exc:
+                    out.fail(made, answer, error=str(exc))
+                    continue
+                if reason:
+                    out.reject(made, reason, answer)
+                else:
+                    out.keep(made, answer)
         return out
