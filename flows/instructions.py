@@ -13,7 +13,7 @@ from alignflow.engine.target import Target
 from flows import deployed
 from flows.batches import writing
 from flows.runner import BatchRunner, batch_runner
-from tasks.stages import STOPPED_BY_BUDGET, start_run
+from tasks.stages import budget_stop, start_run
 
 
 class Rounds:
@@ -38,8 +38,8 @@ class Rounds:
             future = self.runner.submit(self.run, "instructions", BatchRef(number))
             future.wait()
             state = future.state
-            if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
-                self.stopped_by_budget = state.message.removeprefix(STOPPED_BY_BUDGET)
+            if stopped := budget_stop(state):
+                self.stopped_by_budget = stopped
                 return
             record = state.result()  # raises when the round failed
             self.records.append(record)

@@ -46,7 +46,7 @@ from tasks.report import (
     publish_summary,
     publish_traffic,
 )
-from tasks.stages import STOPPED_BY_BUDGET, start_run, write_datasets, write_manifest
+from tasks.stages import budget_stop, start_run, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
 WORKERS = 16
@@ -105,8 +105,8 @@ class Chains:
                     future.wait(timeout=TICK_S)
                     tick()
                 state = future.state
-                if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
-                    stopped = stopped or state.message.removeprefix(STOPPED_BY_BUDGET)
+                if why := budget_stop(state):
+                    stopped = stopped or why
                 elif not state.is_pending():  # pending: its upstream batch stopped, which says why
                     future.result()  # raises when a batch failed: the flow run fails, naming it
         return stopped
@@ -153,9 +153,8 @@ def _whole_stage(run: Run, runner: BatchRunner, stage: str, options: dict[str, A
     stopped = None
     for future in futures:
         future.wait()
-        state = future.state
-        if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
-            stopped = stopped or state.message.removeprefix(STOPPED_BY_BUDGET)
+        if why := budget_stop(future.state):
+            stopped = stopped or why
         else:
             future.result()
     run.dir.prune(stage, {ref.number for ref in refs})
@@ -256,8 +255,9 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
         return _pipeline(run, runner, allow_config_change)
     if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead
         return _awaiting_review(run, waiting)
-    if held := review.held_by_agreement(run, review.summary(run)):
-        summary = write_manifest(run, {"held": held, "stopped": None, "review": review.summary(run)})
+    reviews = review.summary(run)
+    if held := review.held_by_agreement(run, reviews):
+        summary = write_manifest(run, {"held": held, "stopped": None, "review": reviews})
         publish_summary(run.store, summary)
         return Completed(name="Held: judge agreement", message=held, data=summary)
     datasets = write_datasets(run)
@@ -268,7 +268,7 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
         get_run_logger().warning(message)
     summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by), "stopped": None,
                                    "endpoints": runner.traffic(config),
-                                   **({"review": reviewed} if (reviewed := review.summary(run)) else {})})
+                                   **({"review": reviews} if reviews else {})})
     publish_traffic(summary)
     progress.update(1.0)
     state = final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch

@@ -84,15 +84,16 @@ def _decided(run: Run, stage: str) -> bool:
         review.decide(run.store, run.run_id, stage, config.on_timeout,
                       note=f"nobody answered within {config.timeout_h:g} h", by="timeout")
         return True
-    _publish(run, stage, entry)
+    rows = review.sample_rows(run.store, run.run_id, stage).to_dicts()
+    _publish(run, stage, entry, rows)
     if deployment.id is None:
         return False
     problem = ""
+    shown = {row["id"]: _row_block(row) for row in rows}
     # an answer that cannot be recorded (an unknown row id) is asked again, saying why; each question has its own
     # suspension key, so a resumed run replays the answers given and stops at the first question not answered
     for attempt in itertools.count():
-        form = review_form(stage, entry["sample"], _shown(run, stage)).with_initial_data(
-            description=problem + _ask(run, stage, entry))
+        form = review_form(stage, entry["sample"], shown).with_initial_data(description=problem + _ask(run, stage, entry))
         answer = suspend_flow_run(wait_for_input=form, timeout=int(max(left, 1)), key=f"review-{stage}-{attempt}")
         if "decision" in review.read(run.store, run.run_id)[stage]:  # answered from the command line meanwhile
             return True
@@ -106,9 +107,8 @@ def _decided(run: Run, stage: str) -> bool:
             problem = f"**The last answer was not recorded: {exc}.**\n\n"
 
 
-def _publish(run: Run, stage: str, entry: dict) -> None:
-    rows = review.sample_rows(run.store, run.run_id, stage)
-    create_table_artifact(table=[{k: _short(v) for k, v in row.items()} for row in rows.to_dicts()],
+def _publish(run: Run, stage: str, entry: dict, rows: list[dict]) -> None:
+    create_table_artifact(table=[{k: _short(v) for k, v in row.items()} for row in rows],
                           key=f"review-{stage}",
                           description=f"run {run.run_id}: {len(entry['sample'])} of {entry['rows']} {stage} rows "
                                       f"for review")
@@ -124,11 +124,6 @@ def _ask(run: Run, stage: str, entry: dict) -> str:
             f"(all of them: `{run.url}/{stage}/kept`). Decide each row below ({choices}; default `keep`), and the "
             f"stage: `approve` sends on every row not dropped, `reject` none. With no answer by {deadline}, the run "
             f"decides `{run.config.review.on_timeout}`.\n")
-
-
-def _shown(run: Run, stage: str) -> dict[str, str]:
-    """Each sampled row as Markdown, by id."""
-    return {row["id"]: _row_block(row) for row in review.sample_rows(run.store, run.run_id, stage).to_dicts()}
 
 
 def _row_block(row: dict) -> str:

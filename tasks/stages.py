@@ -48,6 +48,13 @@ def batch(run: Run, stage: str, ref: BatchRef, options: dict[str, Any] | None = 
         return Cancelled(message=f"{STOPPED_BY_BUDGET}{exc}")
 
 
+def budget_stop(state: State) -> str | None:
+    """Why the budget stopped a batch task, when it did (a Cancelled state the batch task set)."""
+    if state.is_cancelled() and (state.message or "").startswith(STOPPED_BY_BUDGET):
+        return state.message.removeprefix(STOPPED_BY_BUDGET)
+    return None
+
+
 _batch = task(batch, cache_policy=NO_CACHE, persist_result=False)
 BATCH = {stage: _batch.with_options(name=f"{stage}-batch", task_run_name=f"{stage}-{{ref.number}}")
          for stage in registry.NAMES}

@@ -7,6 +7,8 @@ from __future__ import annotations
 import sys
 
 EXIT_USER_ERROR = 2
+EXIT_EMPTY = 3  # the run finished, but a dataset it was asked for has no rows (or the datasets are held)
+EXIT_STOPPED = 4  # the run stopped before its end (its budget, a review): the same command resumes it
 
 
 def fail(message: str, code: int = EXIT_USER_ERROR) -> int:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from alignflow.cli import fail
-
-EXIT_STOPPED = 4  # as `alignflow run`: the budget stopped it
+from alignflow.cli import EXIT_STOPPED, fail
 
 
 def register(sub) -> None:

@@ -5,6 +5,7 @@ import argparse
 import importlib
 import sys
 
+from alignflow.cli import EXIT_EMPTY, EXIT_STOPPED
 from alignflow.cli import fail as _fail
 from alignflow.config import ConfigError, PipelineConfig, load_config
 from alignflow.stages.constitution import ConstitutionError
@@ -38,8 +39,6 @@ def _preflight(config: PipelineConfig) -> None:
     check_endpoints(config.llms())
 
 
-EXIT_EMPTY = 3  # the run finished, but a dataset it was asked for has no rows
-EXIT_STOPPED = 4  # the run stopped before its end (its budget): the same command with the same run id resumes it
 
 
 def _stages_named(value: str | None) -> list[str] | None:

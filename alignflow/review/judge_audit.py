@@ -13,7 +13,6 @@ GPT-4 agrees with people on about 85% of the non-tie MT-Bench votes, people with
 """
 from __future__ import annotations
 
-import gzip
 import os
 import time
 from collections import Counter
@@ -29,7 +28,7 @@ from alignflow.engine.store import Store, audit_key
 from alignflow.llm.prices import load_prices
 from alignflow.prompts import load
 from alignflow.records import stable_id
-from alignflow.review.agreement import wilson
+from alignflow.review import agreement
 from alignflow.stages import input_files
 from alignflow.stages.judge import ratings_for, render, shown_order
 
@@ -96,22 +95,8 @@ def read_pairs(path: str | Path, limit: int | None = None) -> PairsRead:
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
     if path.suffix == ".parquet":
         yield from _parquet_rows(path)
-    elif path.suffix == ".gz":
-        for place, line in _gzip_lines(path):
-            yield place, input_files.parse(place, line, AuditError)
     else:
         yield from input_files.records(path, "pairs", AuditError)
-
-
-def _gzip_lines(path: Path) -> Iterator[tuple[str, str]]:
-    """As `input_files.lines`, for a gzipped file: its non-blank lines, stripped, each with `path:number`."""
-    try:
-        with gzip.open(path, "rt", encoding="utf-8-sig") as file:
-            for number, line in enumerate(file, 1):
-                if line.strip():
-                    yield f"{path}:{number}", line.strip()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise AuditError(f"cannot read pairs file {path}: {exc}") from None
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
@@ -187,12 +172,10 @@ def _mean(values: list[float]) -> float:
 
 def _agreement(verdicts: list[int]) -> dict[str, Any]:
     """Verdicts +1 (the person's answer preferred), -1 (the other), 0 (a tie) as agreement with its interval."""
-    agree, disagree = verdicts.count(1), verdicts.count(-1)
-    n = agree + disagree
-    interval = wilson(agree, n)
-    return {"agree": agree, "disagree": disagree, "ties": verdicts.count(0),
-            "agreement": round(agree / n, 6) if n else None,
-            "interval": [round(interval[0], 6), round(interval[1], 6)] if interval else None}
+    found = agreement.figure(verdicts.count(1), verdicts.count(-1), verdicts.count(0))
+    return {**{k: found[k] for k in ("agree", "disagree", "ties")},
+            "agreement": None if found["agreement"] is None else round(found["agreement"], 6),
+            "interval": None if found["low"] is None else [round(found["low"], 6), round(found["high"], 6)]}
 
 
 # --------------------------------------------------------------------------- the audit
