@@ -246,11 +246,13 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
         return _stopped(run, runner, chains, stopped)
     for stage in chains.stages:
         run.dir.prune(stage, set(range(len(chains.sizes))))
-    for stage in early.after(stages):  # the chains stopped at a reviewed stage: the rest, once it is reviewed
-        if waiting := review_stages(run, [early.stage]):
+    before = early.stage
+    for stage in early.after(stages):  # the chains stopped at a reviewed stage: each next one once it is reviewed
+        if before in config.review.stages and (waiting := review_stages(run, [before])):
             return _awaiting_review(run, waiting)
         if stopped := _whole_stage(run, runner, stage, options.get(stage)):
             return _stopped(run, runner, chains, stopped)
+        before = stage
     if ask_about_quarantine(run):  # a person released batches: make what follows from them, then go on
         return _pipeline(run, runner, allow_config_change)
     if waiting := review_stages(run):  # only a run with no deployment stops here: one with suspends instead

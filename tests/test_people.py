@@ -167,7 +167,7 @@ def test_uncertain_draw_keeps_a_random_part_and_says_why():
 
 
 @pytest.mark.usefixtures("prefect_server", "api_keys")
-def test_a_reviewed_responses_stage_stops_the_chains_before_the_judge(tmp_path, capsys):
+def test_reviewed_responses_and_judgments_each_stop_the_stages_after_them(tmp_path, capsys):
     store = tmp_path / "store"
     judged: list[dict] = []
 
@@ -177,13 +177,17 @@ def test_a_reviewed_responses_stage_stops_the_chains_before_the_judge(tmp_path, 
         return None
 
     with LLMTestServer(respond=record) as server:
-        run = args(server, store, "--set", "review.stages=[responses]", "--set", "review.sample=4",
+        run = args(server, store, "--set", "review.stages=[responses, judgments]", "--set", "review.sample=4",
                    "--set", "judge.llm.model=judge-model")
         assert main(run) == 4
         assert "waiting for review of responses" in capsys.readouterr().err
         assert not judged and not list((store / "r1").glob("judgments/*/*.parquet"))  # nothing judged yet
         dropped = review_json(store)["responses"]["sample"][0]
-        assert main(["review", str(store / "r1"), "--drop", dropped]) == 0
+        assert main(["review", str(store / "r1"), "--stage", "responses", "--drop", dropped]) == 0
+        assert main(run) == 4  # judged; the judgments wait before any pair is made
+        assert "waiting for review of judgments" in capsys.readouterr().err
+        assert judged and not list((store / "r1").glob("pairs/*/*.parquet"))
+        assert main(["review", str(store / "r1"), "--stage", "judgments", "--approve"]) == 0
         assert main(run) == 0
     assert judged
     judgments = pl.read_parquet(store / "r1/judgments/kept/*.parquet")
