@@ -20,6 +20,7 @@ from pydantic import Field, create_model
 
 from alignflow.engine.run import Run
 from alignflow.review import decisions as review
+from alignflow.review.shown import markdown
 
 
 class ReviewInput(RunInput):
@@ -89,7 +90,7 @@ def _decided(run: Run, stage: str) -> bool:
     if deployment.id is None:
         return False
     problem = ""
-    shown = {row["id"]: _row_block(row) for row in rows}
+    shown = {row["id"]: markdown(row) for row in rows}
     # an answer that cannot be recorded (an unknown row id) is asked again, saying why; each question has its own
     # suspension key, so a resumed run replays the answers given and stops at the first question not answered
     for attempt in itertools.count():
@@ -124,38 +125,6 @@ def _ask(run: Run, stage: str, entry: dict) -> str:
             f"(all of them: `{run.url}/{stage}/kept`). Decide each row below ({choices}; default `keep`), and the "
             f"stage: `approve` sends on every row not dropped, `reject` none. With no answer by {deadline}, the run "
             f"decides `{run.config.review.on_timeout}`.\n")
-
-
-def _row_block(row: dict) -> str:
-    """One row, legible: the prompt, then each answer as its own block with the judge's scores and reasons."""
-    lines = [f"*Drawn: {row.get('why') or 'random'}*", ""]
-    if "instruction" in row:
-        lines += [_quote(row["instruction"]), "",
-                  " · ".join(f"{k}: {_cell(row[k], 40)}" for k in ("source", "round", "evolution", "max_similarity")
-                             if row.get(k) is not None)]
-        return "\n".join(lines)
-    lines += ["**Prompt**", "", _quote(row.get("prompt", ""))]
-    for side in ("chosen", "rejected"):
-        if side not in row:
-            continue
-        scores = row.get(f"{side}_scores") or {}
-        shown = ", ".join(f"{a} {v:g}" for a, v in scores.items() if v is not None)
-        score = row.get(f"score_{side}")
-        lines += ["", f"**{side.capitalize()}** (the judge: {score:.2f}{f'; {shown}' if shown else ''})"
-                  if isinstance(score, float) else f"**{side.capitalize()}**", "", _quote(row.get(side) or "")]
-        if reason := row.get(f"{side}_rationale"):
-            lines += ["", f"*Judge's reasons:* {_cell(reason, 1200)}"]
-    return "\n".join(lines)
-
-
-def _quote(text: str) -> str:
-    return "\n".join(f"> {line}" if line.strip() else ">" for line in str(text).splitlines()) or ">"
-
-
-def _cell(value, limit: int = 90) -> str:
-    text = f"{value:.2f}" if isinstance(value, float) else str(value)
-    text = " ".join(text.split()).replace("|", "\\|")
-    return text[:limit] + "…" if len(text) > limit else text
 
 
 def _short(value, limit: int = 400):

@@ -108,9 +108,10 @@ def _waiting(run_id: str, stages: dict) -> str:
 
 def _show(store, run_id: str, stages: dict) -> None:
     from rich.console import Console
-    from rich.table import Table
+    from rich.markdown import Markdown
 
     from alignflow.review import decisions as review
+    from alignflow.review.shown import markdown
 
     console = Console()
     console.width = max(console.width, 160)
@@ -123,14 +124,10 @@ def _show(store, run_id: str, stages: dict) -> None:
                           + (f": {made['note']}" if made["note"] else ""))
             continue
         rows = review.sample_rows(store, run_id, stage)
-        table = Table(title=f"{stage} of run {run_id}: {rows.height} of {entry['rows']} rows, waiting for review",
-                      show_lines=True)
-        for column in rows.columns:
-            wide = column in ("prompt", "chosen", "rejected", "instruction", "why")
-            table.add_column(column, overflow="fold", max_width=48 if wide else None)
-        for row in rows.iter_rows():
-            table.add_row(*(f"{v:.2f}" if isinstance(v, float) else str(v) for v in row))
-        console.print(table)
+        console.rule(f"{stage} of run {run_id}: {rows.height} of {entry['rows']} rows, waiting for review")
+        for n, row in enumerate(rows.to_dicts(), 1):
+            console.print(f"\n[bold]Row {n}[/bold] · {row['id']}")
+            console.print(Markdown(markdown(row)))
         verdicts = " ".join(f"--{v} ID" for v in review.row_decisions(stage) if v != "edit")
         edit = " --edit ID=TEXT" if "edit" in review.row_decisions(stage) else ""
         console.print(f"decide: alignflow review {store.join(run_id)} --stage {stage} [{verdicts}{edit} ...] "

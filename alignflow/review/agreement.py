@@ -70,4 +70,5 @@ def line(found: dict[str, Any]) -> str:
     if not found.get("n"):
         return "no pair drawn at random was decided keep or swap: no agreement figure"
     ties = f" ({found['ties']} tie{'s' if found['ties'] > 1 else ''} apart)" if found["ties"] else ""
-    return f"{found['agreement']:.2f} [{found['low']:.2f}, {found['high']:.2f}] on {found['n']} pairs drawn at random{ties}"
+    pairs = "pair" if found["n"] == 1 else "pairs"
+    return f"{found['agreement']:.2f} [{found['low']:.2f}, {found['high']:.2f}] on {found['n']} {pairs} drawn at random{ties}"
