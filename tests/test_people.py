@@ -8,6 +8,7 @@ from llm_server import LLMTestServer, judge_prompt_answers
 from runs import args, assert_whole
 from scipy.stats import binomtest
 
+from alignflow.engine.manifest import summary_markdown
 from alignflow.engine.store import Store
 from alignflow.review import sampling
 from flows.cli import main
@@ -90,6 +91,7 @@ def test_instructions_are_curated_before_any_response_and_pairs_decided_per_row(
         low, high = binomtest(agree, agree + disagree).proportion_ci(method="wilson")
         assert found["low"] == pytest.approx(low) and found["high"] == pytest.approx(high)
     assert manifest["review"]["pairs"]["rows_swap"] == 1 and manifest["review"]["pairs"]["rows_rejected"] == 2
+    assert f"The judge agrees with the reviewer on {found['text']}" in summary_markdown(manifest, str(store / "r1"))
 
 
 @pytest.mark.usefixtures("prefect_server", "api_keys")
@@ -220,6 +222,8 @@ def test_the_notus_check_flags_overall_against_the_aspects_and_pairs_rank_by_the
     assert judged["inconsistent"].all()  # |overall - helpfulness| is 4 or 2: at least judge.inconsistent_at
     manifest = assert_whole(Store(str(store)), "r1")
     assert manifest["stages"]["judgments"]["inconsistent"] == judged.height
+    assert f"the other aspects (judge.inconsistent_at): {judged.height} of {judged.height}" in \
+        summary_markdown(manifest, str(store / "r1"))  # the run summary artifact's text
     pairs = pl.read_parquet(store / "r1/pairs/kept/*.parquet")
     assert pairs.height and (pairs["chosen"].str.len_chars() >= pairs["rejected"].str.len_chars()).all()
     assert (pairs["score_chosen"] == 5).all()  # the mean of the aspects other than `overall`

@@ -133,7 +133,7 @@ def _print_summary(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from alignflow.engine.manifest import dollars, model_table, table
+    from alignflow.engine.manifest import dollars, inconsistent_line, model_table, table
 
     console = Console()
     console.width = max(console.width, 120)  # the tables fit when output goes to a file or a narrow pipe
@@ -147,6 +147,8 @@ def _print_summary(manifest: dict) -> None:
         for row in rows[1:]:
             out.add_row(*row)
         console.print(out)
+    if line := inconsistent_line(manifest):
+        print(line.replace("`", ""))
     for stage, review in (manifest.get("review") or {}).items():
         if found := review.get("agreement"):
             print(f"judge vs reviewer ({stage}): {found['text']}; where the judge was least sure: "

@@ -129,6 +129,15 @@ def traffic_markdown(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def inconsistent_line(manifest: dict) -> str | None:
+    """The Notus check's count, when `overall` was judged."""
+    judged = manifest["stages"].get("judgments") or {}
+    if "inconsistent" not in judged:
+        return None
+    return (f"Judgments whose `overall` contradicts the other aspects (judge.inconsistent_at): "
+            f"{judged['inconsistent']} of {judged['kept']}")
+
+
 def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None,
                      gates: dict[str, dict[str, list[str]]] | None = None) -> str:
     """The run at a glance, as the pipeline run's summary artifact shows it: where it is, its datasets, rows per
@@ -148,6 +157,8 @@ def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None
     header, *rows = table(manifest)
     lines += ["", f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     lines += [f"| {' | '.join(row)} |" for row in rows]
+    if line := inconsistent_line(manifest):
+        lines += ["", line]
     if gates:
         lines += ["", "Gate verdicts, by stage (a batch links to its gate artifact):", ""]
         for stage, verdicts in gates.items():
