@@ -20,7 +20,8 @@ PROVENANCE = {
     "finish_reason": pl.String,
     "cached": pl.Boolean,
 }
-OUTCOME_COLUMNS = {"reason": pl.String, "error": pl.String}
+# why a row was rejected, why it failed, and what the gate redacted from its texts ("email in response")
+OUTCOME_COLUMNS = {"reason": pl.String, "error": pl.String, "redacted": pl.List(pl.String)}
 
 ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness", "overall")
 ASPECT_SCORES = pl.Struct({a: pl.Float64 for a in ASPECTS})

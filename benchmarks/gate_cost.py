@@ -5,7 +5,9 @@
 Response rows as the responses stage makes them (ids, provenance, `records.frame`) from real text: the T0
 prompts of ../shared/data (median about 590 characters, a typical answer's length) as responses. Per batch the
 stage's non-LLM steps are timed (building the rows, the empty-response filter, MinHash dedup against the run so
-far, parquet writes) and then the gate (batch frame, polars to pandas, the GX suite, content hash). Two shapes:
+far, parquet writes) and then the gate: its own checks (decontamination against GSM8K's 1,319 test problems by
+13-grams; personal data and secrets, redacted) and the GX suite (batch frame, polars to pandas, the suite,
+content hash). Each check's rows per second (one core: this is one process) is printed too. Two shapes:
 one batch of all rows, and the responses stage's default batches (64 instructions x 2 samples = 128 rows).
 GX is imported once, before the timings, and its import is reported apart.
 """
@@ -18,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from alignflow.config import DedupConfig, LLMConfig
+from alignflow.config import DedupConfig, GateConfig, LLMConfig
 from alignflow.engine.runner import provenance
 from alignflow.engine.step import Answer, Job
 from alignflow.engine.store import Store, batch_key
@@ -26,12 +28,17 @@ from alignflow.llm.client import LLM
 from alignflow.llm.types import Result
 from alignflow.prompts import load
 from alignflow.quality import gate
+from alignflow.quality.contamination import index_for
 from alignflow.quality.dedup import make_index
 from alignflow.quality.expectations import load_suite, suite_path
+from alignflow.quality.screens import screen
 from alignflow.records import frame, stable_id
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "t0_train_prompts.jsonl.gz"
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATA = SHARED / "t0_train_prompts.jsonl.gz"
 STAGE = "responses"
+DECONTAMINATE = GateConfig(decontaminate={"benchmarks": [str(SHARED / "gsm8k_test.jsonl")]}, pii="off")
+PII = GateConfig(pii="redact")
 
 
 def texts(n: int) -> list[tuple[str, str]]:
@@ -64,7 +71,8 @@ def build(pairs: list[tuple[str, str]], offset: int) -> list[dict]:
 
 def one_pass(pairs: list[tuple[str, str]], batch: int, suite, store: Store) -> dict[str, float]:
     """Every batch through the stage's non-LLM steps and the gate; seconds per step, summed over batches."""
-    spent = dict.fromkeys(("build rows", "filters", "dedup (minhash)", "parquet writes", "gate"), 0.0)
+    spent = dict.fromkeys(("build rows", "filters", "dedup (minhash)", "parquet writes", "decontamination", "pii",
+                           "gate"), 0.0)
     index = make_index(DedupConfig(method="minhash"))
     for number, start in enumerate(range(0, len(pairs), batch)):
         t0 = time.perf_counter()
@@ -83,10 +91,14 @@ def one_pass(pairs: list[tuple[str, str]], batch: int, suite, store: Store) -> d
             if df.height:
                 store.write_parquet(batch_key("bench", STAGE, outcome, number), df)
         t4 = time.perf_counter()
-        result, _ = gate.validate(STAGE, number, gate.batch_frame(outcomes), suite, "quarantine")
+        screen(STAGE, outcomes, DECONTAMINATE)
         t5 = time.perf_counter()
+        screen(STAGE, outcomes, PII)
+        t6 = time.perf_counter()
+        result, _ = gate.validate(STAGE, number, gate.batch_frame(outcomes), suite, "quarantine")
+        t7 = time.perf_counter()
         assert result.passed, result.summary()
-        for step, took in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        for step, took in zip(spent, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
             spent[step] += took
     return spent
 
@@ -111,6 +123,9 @@ def main() -> None:
     suite = load_suite(suite_path(None, STAGE))
     gate._gx()  # GX's import, the suite and the context: once per process
     gx_once = time.perf_counter() - started
+    started = time.perf_counter()
+    index = index_for(DECONTAMINATE.decontaminate)
+    index_once = time.perf_counter() - started
 
     shapes = {f"1 batch of {args.rows:,}": args.rows,
               f"{-(-args.rows // args.batch)} batches of {args.batch}": args.batch}
@@ -121,16 +136,23 @@ def main() -> None:
     width = max(map(len, shapes)) + 2
     lines = [f"gate cost: {args.rows:,} response rows ({len(suite.expectations)} expectations), "
              f"fastest of {args.repeat}, seconds per 10,000 rows",
-             f"GX import, suite and context, once per process: {gx_once:.1f} s", "",
-             f"{'step':<18}" + "".join(f"{name:>{width}}" for name in shapes)]
-    steps = list(next(iter(figures.values())))
+             f"GX import, suite and context, once per process: {gx_once:.1f} s",
+             f"GSM8K 13-gram index ({len(index):,} items, {sum(map(len, index.grams.values())):,} n-grams), once per "
+             f"process: {index_once:.2f} s", "",
+             f"{'step':<26}" + "".join(f"{name:>{width}}" for name in shapes)]
+    steps = list(next(iter(figures.values())))  # the gate's checks last, after the stage's own steps
     for step in steps:
-        lines.append(f"{step:<18}" + "".join(f"{figures[n][step] * per:>{width}.2f}" for n in shapes))
-    non_llm = {n: sum(v for k, v in f.items() if k != "gate") for n, f in figures.items()}
-    lines.append(f"{'non-LLM w/o gate':<18}" + "".join(f"{non_llm[n] * per:>{width}.2f}" for n in shapes))
-    lines.append(f"{'gate / non-LLM':<18}" + "".join(f"{figures[n]['gate'] / non_llm[n]:>{width - 1}.0%} "
-                                                    for n in shapes))
-    lines.append(f"{'gate per batch':<18}" + "".join(
+        lines.append(f"{step:<26}" + "".join(f"{figures[n][step] * per:>{width}.2f}" for n in shapes))
+    checks = ("decontamination", "pii", "gate")
+    non_llm = {n: sum(v for k, v in f.items() if k not in checks) for n, f in figures.items()}
+    lines.append(f"{'non-LLM w/o gate':<26}" + "".join(f"{non_llm[n] * per:>{width}.2f}" for n in shapes))
+    for step in checks:
+        lines.append(f"{step + ' / non-LLM':<26}" + "".join(f"{figures[n][step] / non_llm[n]:>{width - 1}.0%} "
+                                                                 for n in shapes))
+    for step in ("decontamination", "pii"):
+        lines.append(f"{step + ' rows/s':<26}" + "".join(f"{args.rows / figures[n][step]:>{width},.0f}"
+                                                               for n in shapes))
+    lines.append(f"{'gate per batch':<26}" + "".join(
         f"{figures[n]['gate'] / -(-args.rows // shapes[n]) * 1000:>{width - 3}.0f} ms" for n in shapes))
     print("\n".join(lines))
 

@@ -8,15 +8,17 @@ import polars as pl
 from alignflow.config import GateConfig
 from alignflow.engine.store import RunDir, Store
 from alignflow.quality.gate import OUTCOME_ORDER, QUARANTINE, GateResult, apply_decision, check
+from alignflow.quality.screens import screen
 
 
 def write_batch(store: Store, run_id: str, stage: str, number: int, outcomes: dict[str, pl.DataFrame],
                 config: GateConfig) -> tuple[dict[str, int], GateResult | None]:
-    """Validate one batch and write it; returns its row counts by outcome and the gate's result (None when the
-    stage is not gated or the batch has no rows)."""
+    """Screen one batch (contamination, personal data), validate it and write it; returns its row counts by outcome
+    and the gate's result (None when the stage is not gated or the batch has no rows)."""
     run_dir = RunDir(store, run_id)
     counts = {o: 0 for o in (*OUTCOME_ORDER, QUARANTINE)}
-    checked = check(stage, number, outcomes, config)
+    outcomes, screening = screen(stage, outcomes, config)
+    checked = check(stage, number, outcomes, config, screening)
     result = checked[0] if checked else None
     if checked:
         result, report, frame = checked

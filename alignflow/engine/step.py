@@ -22,6 +22,7 @@ from alignflow.llm.client import LLM
 from alignflow.llm.types import Request, Result
 from alignflow.prompts import Template
 from alignflow.prompts import load as load_template
+from alignflow.quality import screens
 from alignflow.records import content_hash
 
 if TYPE_CHECKING:
@@ -126,10 +127,12 @@ class Step(ABC):
         return {}
 
     def description(self) -> dict:
-        """The stage as configured: its settings, its prompt template versions, the run's sampling seed."""
+        """The stage as configured: its settings, its prompt template versions, the run's sampling seed, and the
+        gate's checks that remove or redact rows (when any applies)."""
+        screening = screens.definition(self.stage, self.run.config.gate)
         return json.loads(json.dumps({"settings": self.settings(), "seed": self.run.seed,
-                                      "templates": {name: load_template(name).version for name in self.templates}},
-                                     default=str))
+                                      "templates": {name: load_template(name).version for name in self.templates},
+                                      **({"screens": screening} if screening else {})}, default=str))
 
     def definition(self) -> str:
         return digest(self.stage, self.description())

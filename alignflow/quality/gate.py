@@ -15,7 +15,9 @@ from typing import Any
 import polars as pl
 
 from alignflow.config import GateConfig
+from alignflow.quality import screens
 from alignflow.quality.expectations import GATED, SuiteError, load_suite, suite_path
+from alignflow.quality.screens import Screening
 from alignflow.records import content_hash
 
 OUTCOME_ORDER = ("kept", "rejected", "failed")
@@ -64,6 +66,12 @@ class Check:
             parts.append(k["type_"])
         if k.get("mostly") is not None:
             parts.append(f"mostly {k['mostly']}")
+        if "benchmarks" in k:
+            parts.append(f"no {k['ngram']}-gram of {', '.join(k['benchmarks'])}")
+        if "pii" in k:
+            parts.append(f"none, else {k['pii']}")
+        if "max_share" in k:
+            parts.append(f"at most {k['max_share']:.0%} of rows")
         return ", ".join(parts)
 
     def finding(self) -> str:
@@ -96,6 +104,7 @@ class GateResult:
     dropped: bool = False
     decision: dict | None = None
     report_key: str | None = None
+    screens: dict[str, Any] = field(default_factory=dict)  # contamination and personal data found (screens.counts)
 
     @property
     def name(self) -> str:
@@ -133,12 +142,13 @@ class GateResult:
         lines += ["", "| | expectation | rule | rows | result |", "|---|---|---|---|---|"]
         for c in sorted(self.checks, key=lambda c: c.success):
             where = condition_text(c.kwargs.get("row_condition")) or "all"
-            result = "passed" if c.success else c.finding()
+            result = ("passed" + (f" ({c.finding()})" if c.unexpected_count else "")) if c.success else c.finding()
             lines.append(f"| {'✅' if c.success else '❌'} | {cell(c.name())} | {cell(c.rule())} | {cell(where)} "
                          f"| {cell(result)} |")
-        for c in self.failed:  # below the table, which then fits a screen
+        for c in sorted(self.checks, key=lambda c: c.success):  # below the table, which then fits a screen
             if c.examples:
-                lines += ["", f"Examples failing {cell(c.name())}:", *(f"- `{cell(e)}`" for e in c.examples)]
+                lines += ["", f"Examples {'found by' if c.success else 'failing'} {cell(c.name())}:",
+                          *(f"- `{cell(e)}`" for e in c.examples)]
         return "\n".join(lines) + "\n"
 
     def to_dict(self) -> dict:
@@ -159,11 +169,11 @@ def apply_decision(result: GateResult, decision: dict | None) -> None:
     result.dropped = decision["action"] == "drop"
 
 
-def check(stage: str, number: int, outcomes: dict[str, pl.DataFrame], config: GateConfig
-          ) -> tuple[GateResult, dict, pl.DataFrame] | None:
-    """Validate one batch against its stage's suite: our result, GX's report and the batch frame; None when the
-    stage is not gated or the batch has no rows. Every stage in `GATED` must have its suite (a missing one is a
-    SuiteError naming the path)."""
+def check(stage: str, number: int, outcomes: dict[str, pl.DataFrame], config: GateConfig,
+          screening: Screening | None = None) -> tuple[GateResult, dict, pl.DataFrame] | None:
+    """Validate one batch against its stage's suite and the gate's own checks (`screening`, already applied to
+    `outcomes`): our result, GX's report and the batch frame; None when the stage is not gated or the batch has no
+    rows. Every stage in `GATED` must have its suite (a missing one is a SuiteError naming the path)."""
     if not (config.enabled and stage in GATED and any(df.height for df in outcomes.values())):
         return None
     path = suite_path(config.suites, stage)
@@ -171,6 +181,11 @@ def check(stage: str, number: int, outcomes: dict[str, pl.DataFrame], config: Ga
         raise SuiteError(f"no expectation suite for the {stage} stage at {path} (gate.suites)")
     frame = batch_frame(outcomes)
     result, report = validate(stage, number, frame, load_suite(path), config.policy(stage))
+    if screening is not None:
+        own = [Check(**c) for c in screens.checks(screening, config)]
+        result.checks += own
+        result.passed = result.passed and all(c.success for c in own)
+        result.screens = screening.counts()
     return result, report, frame
 
 

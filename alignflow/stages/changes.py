@@ -48,8 +48,8 @@ def changed_stages(run: Run, steps: list[Step]) -> tuple[list[str], list[str]]:
             section = BY_NAME[step.stage].section
             keys += [f"{section}.{k}" for k in sorted(set(now["settings"]) | set(before.get("settings", {})))
                      if now["settings"].get(k) != before.get("settings", {}).get(k)]
-            keys += [what if what == "seed" else f"{step.stage} prompt templates" for what in ("seed", "templates")
-                     if now[what] != before.get(what)]
+            named = {"seed": "seed", "templates": f"{step.stage} prompt templates", "screens": "gate.decontaminate/pii"}
+            keys += [name for what, name in named.items() if now.get(what) != before.get(what)]
         elif any(up in redo for up in BY_NAME[step.stage].upstream):
             redo.append(step.stage)
     return redo, list(dict.fromkeys(keys))
