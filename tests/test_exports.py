@@ -5,13 +5,23 @@ from pathlib import Path
 import datasets
 import polars as pl
 import pytest
+import yaml
 
 from alignflow.config import parse_config
 from alignflow.engine import manifest
 from alignflow.engine.run import Run
 from alignflow.engine.store import batch_key
 from alignflow.records import frame
-from alignflow.stages.exports import ARGILLA_DATASET, ARGILLA_RECORDS, ARGILLA_SETTINGS, dpo, kto, sft, write_datasets
+from alignflow.stages.exports import (
+    ARGILLA_DATASET,
+    ARGILLA_RECORDS,
+    ARGILLA_SETTINGS,
+    dpo,
+    kto,
+    sft,
+    write_card,
+    write_datasets,
+)
 from flows.cli import main
 
 JUDGED = ("helpfulness", "honesty", "instruction_following", "truthfulness")
@@ -147,6 +157,42 @@ def test_write_datasets_with_no_kept_pairs_writes_empty_files_over_stale_ones(tm
     assert pl.read_parquet(tmp_path / "r1" / "datasets" / "dpo.parquet").columns[:3] == ["prompt", "chosen", "rejected"]
 
 
+def card_of(text: str) -> tuple[dict, str]:
+    meta, body = text.removeprefix("---\n").split("\n---\n", 1)
+    return yaml.safe_load(meta), body
+
+
+def test_an_empty_dataset_is_in_the_card_but_no_config(tmp_path):
+    """`datasets` cannot load an empty file: the card names it, says why it is empty, and configures the others."""
+    run = make_run(tmp_path)
+    run.store.delete_prefix(f"{run.run_id}/pairs/")
+    put(run, "pairs", "rejected", pairs())
+    write_datasets(run)
+    manifest.write(run.store, run.run_id)
+    assert write_card(run) == "r1/datasets/README.md"
+    meta, body = card_of((tmp_path / "r1" / "datasets" / "README.md").read_text())
+    assert meta["configs"] == [{"config_name": "sft", "data_files": [{"split": "train", "path": "sft.parquet"}],
+                                "default": True}]
+    assert meta["license"] == "other" and "language" not in meta  # no seeds known: no licence claimed
+    assert "| `dpo` | `dpo.parquet` | 0 | no rows, so no config: " in body and "Seed tasks: none" in body
+    loaded = datasets.load_dataset(str(tmp_path / "r1" / "datasets"), split="train", cache_dir=str(tmp_path / "hf"))
+    assert loaded.num_rows == 5 and "messages" in loaded.column_names
+
+
+def test_the_card_of_a_run_on_s3(s3_server, tmp_path):
+    import boto3
+    from conftest import BUCKET
+
+    run = make_run(f"s3://{BUCKET}/cards")
+    write_datasets(run)
+    manifest.write(run.store, run.run_id)
+    key = write_card(run)
+    text = boto3.client("s3").get_object(Bucket=BUCKET, Key=f"cards/{key}")["Body"].read().decode()
+    meta, _ = card_of(text)
+    sizes = {info["config_name"]: info["splits"][0]["num_examples"] for info in meta["dataset_info"]}
+    assert sizes == {"dpo": 2, "sft": 5, "kto": 4}
+
+
 # ---------------------------------------------------------------------------------------------------- the CLI
 
 def load(fmt: str, out: Path) -> datasets.Dataset:
@@ -162,7 +208,7 @@ def load(fmt: str, out: Path) -> datasets.Dataset:
 def test_export_writes_files_that_datasets_loads(run_dir, tmp_path, capsys, fmt, rows, columns):
     out = tmp_path / "exports" / f"{fmt}.data"
     assert export(run_dir, fmt, out) == 0
-    assert capsys.readouterr().out.strip() == f"{fmt}: {rows} rows -> {out}"
+    assert capsys.readouterr().out.strip() == f"{fmt}: {rows} rows -> {out} (card: {out.parent / 'README.md'})"
     loaded = load(fmt, out)
     assert loaded.num_rows == rows and columns <= set(loaded.column_names)
 
@@ -219,7 +265,7 @@ def check_record(record, settings) -> None:
 def test_export_argilla_dataset_that_argilla_loads(run_dir, tmp_path, monkeypatch, capsys):
     out = tmp_path / "review"
     assert export(run_dir, "argilla", out) == 0
-    assert capsys.readouterr().out.strip() == f"argilla: 2 rows -> {out}"
+    assert capsys.readouterr().out.strip() == f"argilla: 2 rows -> {out} (card: {out / 'README.md'})"
     model, settings, records = load_argilla(out, monkeypatch)
     assert model.name == "alignflow-r1"
     assert [f.name for f in settings.fields] == ["prompt", "chosen", "rejected"]
@@ -307,7 +353,7 @@ def test_a_failed_write_leaves_the_previous_file_whole(run_dir, tmp_path, monkey
     assert export(run_dir, "dpo", out) == 2
     assert capsys.readouterr().err.strip().endswith(f"to {out} failed: No space left on device")
     assert out.read_bytes() == before
-    assert [p.name for p in out.parent.iterdir()] == ["dpo.parquet"]  # no temp file left behind
+    assert sorted(p.name for p in out.parent.iterdir()) == ["README.md", "dpo.parquet"]  # no temp file left behind
 
 
 def test_argilla_export_never_writes_into_an_existing_directory(run_dir, tmp_path, capsys):

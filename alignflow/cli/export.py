@@ -1,6 +1,8 @@
 """`alignflow export RUN_DIR --format dpo|sft|kto|jsonl|argilla --out PATH`: a run's data, where it is wanted.
 
-Needs no config file: the store and run id come from RUN_DIR itself (its parent and its name).
+Needs no config file: the store and run id come from RUN_DIR itself (its parent and its name). Every export gets its
+dataset card, README.md beside the file (inside the directory, for Argilla); a README.md alignflow did not write is
+never replaced: the export is refused, naming it.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 
 from alignflow.cli import fail
 from alignflow.engine.store import RunDir, RunDirError, Store, open_run_dir
-from alignflow.stages.exports import FORMATS, ExportError, export
+from alignflow.stages.exports import FORMATS, ExportError, card_path, export
 
 
 def register(sub) -> None:
@@ -16,7 +18,8 @@ def register(sub) -> None:
     p.add_argument("run_dir", help="a run directory: <store>/<run_id>, a local path or s3:// URL")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, type=Path,
-                   help="a local file (dpo, sft, kto: Parquet; jsonl) or a new directory (argilla)")
+                   help="a local file (dpo, sft, kto: Parquet; jsonl) or a new directory (argilla); its dataset "
+                        "card goes beside it as README.md")
     p.add_argument("--pairs-format", choices=("string", "messages"), default="string",
                    help="prompt/chosen/rejected (and KTO completions) as strings or as chat messages")
     p.set_defaults(func=cmd_export)
@@ -51,5 +54,5 @@ def cmd_export(args) -> int:
         return fail(f"cannot read {args.run_dir}: {exc}")
     except OSError as exc:
         return fail(f"{args.format} export of {args.run_dir} to {args.out} failed: {exc.strerror or exc}")
-    print(f"{args.format}: {rows} rows -> {args.out}")
+    print(f"{args.format}: {rows} rows -> {args.out} (card: {card_path(args.format, args.out)})")
     return 0

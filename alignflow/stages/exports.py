@@ -21,6 +21,12 @@
 format of any run to a local path, atomically (a temp file or directory renamed into place). The pipeline writes
 a dataset even when it has no rows (so no stale file survives a re-run); `export` refuses to, since
 `datasets.load_dataset` cannot load an empty file.
+
+Every dataset gets a card (`alignflow.stages.card`): `write_card` writes `<run>/datasets/README.md` for every file in
+`datasets/` once the run's manifest is written, and each export writes one beside its file, `README.md` in the same
+directory (inside the directory, for Argilla), describing that one config with the file's name as its path. An
+export's card replaces a card alignflow wrote (of this run or another), never any other README.md: an export that
+would is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ import polars as pl
 from alignflow.engine.run import Run
 from alignflow.engine.store import RunDir, Store
 from alignflow.records import ASPECTS
+from alignflow.stages import card
+from alignflow.stages.card import Facts, Table
 
 PairsFormat = Literal["string", "messages"]
 Frame = pl.DataFrame | pl.LazyFrame  # the datasets are built the same way, eagerly in tests, lazily for files
@@ -123,6 +131,17 @@ def write_datasets(run: Run) -> dict[str, int]:
         run.store.sink_parquet(key, query)
         rows[name] = run.store.row_count(key)
     return rows
+
+
+def write_card(run: Run) -> str:
+    """`datasets/README.md`: the card of every dataset in the run's `datasets/`, each read only as far as its
+    schema, rows and sizes need. Written after the manifest, whose counts, review and cost it shows; returns its key."""
+    keys = [k for k in run.store.list_dir(run.dir.datasets_dir) if k.endswith(".parquet")]
+    tables = [Table.of(name := key.rsplit("/", 1)[-1].removesuffix(".parquet"), f"{name}.parquet",
+                       run.store.scan_parquet(key)) for key in keys]
+    facts = Facts.read(run.store, run.run_id)
+    run.store.write_text(run.dir.card_key, card.render(facts, tables))
+    return run.dir.card_key
 
 
 # ---------------------------------------------------------------------------------------------------- Argilla
@@ -224,7 +243,8 @@ def _write_file(out: Path, writer: Callable[[IO[bytes]], None]) -> None:
 
 
 def _write_dir(out: Path, files: dict[str, Any]) -> None:
-    """Write JSON files into a hidden temp directory beside `out`, renamed into place (Argilla wants a new one)."""
+    """Write files (a string as it is, anything else as JSON) into a hidden temp directory beside `out`, renamed into
+    place (Argilla wants a new one)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(f"{out} already exists: an Argilla export needs a new or empty directory")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,18 +253,35 @@ def _write_dir(out: Path, files: dict[str, Any]) -> None:
         tmp.mkdir()
         for rel, content in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_text(json.dumps(content, ensure_ascii=False))
+            (tmp / rel).write_text(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def card_path(fmt: str, out: Path) -> Path:
+    """Where an export's card goes: beside the file, or inside the Argilla directory."""
+    return out / card.CARD if fmt == "argilla" else out.parent / card.CARD
+
+
+def _check_card_place(fmt: str, out: Path) -> None:
+    """Refuse, before anything is written, an export whose card would replace a README.md alignflow did not write."""
+    where = card_path(fmt, out)
+    if where == out:
+        raise ExportError(f"--out {out} is where the export's card goes: name the file otherwise")
+    if where.is_dir() or (where.exists() and not card.written_by_alignflow(where.read_text(errors="replace"))):
+        raise ExportError(f"{where} exists and alignflow did not write it: export to another directory "
+                          "(an export's card goes beside it as README.md, and never replaces one of yours)")
+
+
 def export(store: Store, run_id: str, fmt: str, out: Path, pairs_format: PairsFormat = "string") -> int:
-    """Write one format of a run's kept data to the local path `out`; returns the rows written. DPO, SFT, KTO and
-    JSONL stream from the run's batch files like `write_datasets`; Argilla's records are one JSON list, built whole.
+    """Write one format of a run's kept data to the local path `out`, and its card beside it; returns the rows
+    written. DPO, SFT, KTO and JSONL stream from the run's batch files like `write_datasets`; Argilla's records are one
+    JSON list, built whole. The card is written after the data, both atomically.
 
     Zero rows is an ExportError, not an empty file: `datasets.load_dataset` cannot load one."""
+    _check_card_place(fmt, out)
     pairs, responses, judgments = (scan_stage(store, run_id, stage) for stage in ("pairs", "responses", "judgments"))
     query, what = {"sft": (sft(responses, judgments), "rated responses"),
                    "kto": (kto(pairs, pairs_format), "responses with a KTO label")
@@ -252,8 +289,14 @@ def export(store: Store, run_id: str, fmt: str, out: Path, pairs_format: PairsFo
     height = query.select(pl.len()).collect().item()  # projection pushdown: only ids and ratings are read
     if not height:
         raise ExportError(f"nothing to export: run {run_id} has no {what}")
+    facts = Facts.read(store, run_id)
     if fmt == "argilla":
-        _write_dir(out, argilla_dataset(pairs.collect(), judgments.collect(), f"alignflow-{run_id}"))
+        records = Table("argilla", ARGILLA_RECORDS, height)
+        files = argilla_dataset(pairs.collect(), judgments.collect(), f"alignflow-{run_id}")
+        _write_dir(out, {**files, card.CARD: card.render(facts, [records])})
         return height
     _write_file(out, query.sink_ndjson if fmt == "jsonl" else query.sink_parquet)
+    written = pl.scan_ndjson(out, schema=query.collect_schema()) if fmt == "jsonl" else pl.scan_parquet(out)
+    text = card.render(facts, [Table.of("dpo" if fmt == "jsonl" else fmt, out.name, written)])
+    _write_file(card_path(fmt, out), lambda f: f.write(text.encode()))
     return height
