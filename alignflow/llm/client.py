@@ -2,7 +2,8 @@
 
 Known answers (the batch's answers in the store, then the local request cache), the endpoint's limits,
 retries with backoff, and structured-output parsing with bounded re-asks all happen here, the same way for
-every provider. A provider or parse failure is a failed Result; anything else is a bug and raises.
+every provider. A provider or parse failure is a failed Result, but an endpoint that refuses every request stops
+the run (EndpointRefused, `alignflow.llm.refused`); anything else is a bug and raises.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from alignflow.config import LLMConfig
 from alignflow.llm import endpoint as endpoints
 from alignflow.llm.cache import RequestCache, request_key
 from alignflow.llm.ledger import Ledger
+from alignflow.llm.refused import is_fatal, refusal
 from alignflow.llm.structured import ParseError, parse_structured
 from alignflow.llm.types import Answers, Completion, ProviderError, Request, Result
 
@@ -122,7 +124,7 @@ class LLM:
             except ProviderError as exc:
                 return Result(ok=False, error=str(exc), text=exc.raw, attempts=attempts + getattr(exc, "attempts", 1),
                               latency_s=time.perf_counter() - started, input_tokens=in_tok, output_tokens=out_tok,
-                              paid=True)
+                              paid=True, refused=str(refusal(exc, self.config, request)) if is_fatal(exc) else None)
             attempts += tries
             in_tok += completion.input_tokens
             out_tok += completion.output_tokens
@@ -140,6 +142,18 @@ class LLM:
                           input_tokens=in_tok, output_tokens=out_tok, attempts=attempts, paid=True,
                           latency_s=time.perf_counter() - started)
         raise AssertionError("unreachable")
+
+    async def prove(self) -> None:
+        """One minimal real call (one token, not cached, no row's): a key, path or model the endpoint refuses shows
+        as EndpointRefused before the run asks for anything. An error that may pass proves nothing either way."""
+        where = self.endpoint
+        request = self.request([{"role": "user", "content": "Reply with OK."}], max_tokens=1)
+        try:
+            await self._attempts(request, where, where.limits, None, 1)
+        except ProviderError as exc:
+            if is_fatal(exc):
+                raise refusal(exc, self.config, request, asked="the one-token chat request preflight makes, with "
+                                                               f"temperature {request.temperature}") from None
 
     @staticmethod
     def parse(text: str, request: Request):
@@ -163,7 +177,8 @@ class LLM:
 
     async def _attempts(self, request: Request, where: endpoints.Endpoint, limits, shared: str | None,
                         prompt: int) -> tuple[Completion, int]:
-        """The call, retried with backoff while its failure may pass (429, 5xx, timeouts)."""
+        """The call, retried with backoff while its failure may pass (429, 5xx, timeouts); a refusal counts towards
+        the endpoint's stop, a stopped endpoint sends nothing, and one that never answered takes one at a time."""
         tries = 0
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
@@ -172,21 +187,27 @@ class LLM:
             reraise=True,
         )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    tries += 1
-                    async with limits.slot(prompt, request.max_tokens) as (sent_at, in_flight), \
-                            endpoints.shared_limit(shared, self.config.rpm is not None):
-                        try:
-                            completion = await where.backend.complete(request, self.config.timeout_s)
-                        except ProviderError as exc:
-                            limits.observe(exc.headers)
-                            if exc.status == 429:
-                                limits.throttled(sent_at, in_flight)
-                            raise
-                        limits.observe(completion.headers)
-                        limits.succeeded(time.monotonic() - sent_at, completion.output_tokens)
-                        return completion, tries
+            async with where.first_answer():
+                async for attempt in retrying:
+                    with attempt:
+                        tries += 1
+                        async with limits.slot(prompt, request.max_tokens) as (sent_at, in_flight), \
+                                endpoints.shared_limit(shared, self.config.rpm is not None):
+                            where.refusals.check()
+                            try:
+                                completion = await where.backend.complete(request, self.config.timeout_s)
+                            except ProviderError as exc:
+                                limits.observe(exc.headers)
+                                if exc.status == 429:
+                                    limits.throttled(sent_at, in_flight)
+                                if is_fatal(exc):
+                                    where.refusals.refused(exc, self.config, request)
+                                raise
+                            where.proven = True
+                            where.refusals.answered()
+                            limits.observe(completion.headers)
+                            limits.succeeded(time.monotonic() - sent_at, completion.output_tokens)
+                            return completion, tries
         except ProviderError as exc:
             exc.attempts = tries
             raise

@@ -12,14 +12,15 @@ import contextvars
 import hashlib
 import re
 import threading
-from collections.abc import Callable, Coroutine
-from contextlib import AbstractAsyncContextManager, nullcontext
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from alignflow.config import LLMConfig
 from alignflow.llm.backend import Backend
 from alignflow.llm.limits import Limits
+from alignflow.llm.refused import Refusals
 
 T = TypeVar("T")
 
@@ -85,13 +86,30 @@ def shared_limit(name: str | None, rate: bool) -> AbstractAsyncContextManager:
 
 @dataclass
 class Endpoint:
-    """Where requests go and how fast they may go there."""
+    """Where requests go, how fast they may go there, and whether it answers: `proven` once it has answered in this
+    process, stopped (`refusals`) when it refuses everything. `digest` names it in a run's record, key unseen."""
 
     provider: str
     base_url: str | None
     model: str
     backend: Backend
     limits: Limits
+    digest: str
+    proven: bool = False
+    refusals: Refusals = field(default_factory=Refusals)
+    _trial: asyncio.Lock | None = None
+
+    @asynccontextmanager
+    async def first_answer(self) -> AsyncIterator[None]:
+        """Until a hosted endpoint has answered once in this process, its requests go one at a time: one that
+        refuses everything (a key, a path, a model) is asked the few requests that stop the run, not one per slot."""
+        if not self.proven and self.provider != "local":
+            self._trial = self._trial or asyncio.Lock()
+            async with self._trial:
+                if not self.proven:
+                    yield
+                    return
+        yield
 
     @property
     def name(self) -> str:
@@ -118,8 +136,9 @@ def endpoint(config: LLMConfig) -> Endpoint:
     with _lock:
         found = _endpoints.get(identity)
         if found is None:
+            digest = hashlib.sha256("\0".join(str(part) for part in identity).encode()).hexdigest()[:16]
             found = _endpoints[identity] = Endpoint(config.provider, config.base_url, config.model_name,
-                                                    _backend(config, key_value), Limits(*_limits(config)))
+                                                    _backend(config, key_value), Limits(*_limits(config)), digest)
         else:
             found.limits.tighten(*_limits(config))
         return found

@@ -9,7 +9,8 @@ from alignflow.llm import endpoint as endpoints
 from alignflow.llm.batches import answer_in_batches
 from alignflow.llm.client import LLM
 from alignflow.llm.ledger import BudgetReached
-from alignflow.llm.types import Answers, OnResult, Request, Result
+from alignflow.llm.refused import EndpointRefused, is_fatal, refusal
+from alignflow.llm.types import Answers, OnResult, ProviderError, Request, Result
 
 
 def answer_all(llm: LLM, requests: Sequence[Request], on_result: OnResult | None = None,
@@ -27,15 +28,15 @@ def generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None = 
 async def _generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | None,
                     answers: Answers | None) -> list[Result]:
     """Every call at once: live ones each on its own, `mode: batch` ones as provider batches per model. When the
-    budget stops some, the others still finish (and are saved) before BudgetReached is raised, so nothing paid
-    for is lost."""
-    stopped: list[BudgetReached] = []
+    budget or an endpoint that refuses everything stops some, the others still finish (and are saved) before the
+    stop is raised (a refusal first), so nothing paid for is lost."""
+    stopped: list[BudgetReached | EndpointRefused] = []
     results: list[Result | None] = [None] * len(calls)
 
     async def one(i: int, llm: LLM, request: Request) -> None:
         try:
             results[i] = await llm.answer(request, answers)
-        except BudgetReached as exc:
+        except (BudgetReached, EndpointRefused) as exc:
             stopped.append(exc)
             return
         if on_result:
@@ -47,6 +48,11 @@ async def _generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | 
             answered = await answer_in_batches(llm, [calls[i][1] for i in group], answers, on_result)
         except BudgetReached as exc:
             stopped.append(exc)
+            return
+        except ProviderError as exc:  # the Batch API itself refused (creating, polling or reading a batch)
+            if not is_fatal(exc):
+                raise
+            stopped.append(refusal(exc, llm.config, asked="a provider batch of requests"))
             return
         for i, result in zip(group, answered):
             results[i] = result
@@ -60,5 +66,5 @@ async def _generate(calls: Sequence[tuple[LLM, Request]], on_result: OnResult | 
             live.append(one(i, llm, request))
     await asyncio.gather(*live, *(offline(group) for group in batched.values()))
     if stopped:
-        raise stopped[0]
+        raise next((exc for exc in stopped if isinstance(exc, EndpointRefused)), stopped[0])
     return results  # type: ignore[return-value]

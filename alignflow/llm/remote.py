@@ -34,8 +34,10 @@ def _retry_after(headers) -> float | None:
     return None
 
 
-# anything that looks like a key: OpenAI's and Anthropic's formats, masked or not, and bearer tokens
-_KEY_LIKE = re.compile(r"(sk-[A-Za-z0-9*_\-]{4,}|(?i:bearer)\s+\S+|(?i:api[ _-]?key provided:)\s*\S+)")
+# anything that looks like a key: OpenAI's and Anthropic's formats, masked or not, bearer tokens, and the
+# user:password of a URL (http://user:KEY@host)
+_KEY_LIKE = re.compile(r"(sk-[A-Za-z0-9*_\-]{4,}|(?i:bearer)\s+\S+|(?i:api[ _-]?key provided:)\s*\S+"
+                       r"|(?<=://)[^/\s@]+(?=@))")
 
 
 def redact(text: str | None) -> str | None:
@@ -66,12 +68,29 @@ def as_provider_error(exc: Exception, sdk: ModuleType) -> ProviderError:
             raw=redact(getattr(response, "text", None)),
             status=status,
             headers=rate_limit_headers(headers),
+            url=_url(exc),
+            code=_code(exc),
         )
     if isinstance(exc, sdk.APITimeoutError):
         return ProviderError("request timed out", retryable=True)
     if isinstance(exc, sdk.APIConnectionError):
         return ProviderError(f"connection error: {exc}", retryable=True)
     return ProviderError(redact(f"{type(exc).__name__}: {exc}"), retryable=False)
+
+
+def _url(exc: Exception) -> str | None:
+    """Where the failed call went, as the SDK sent it (with the path it added to `base_url`)."""
+    request = getattr(exc, "request", None)
+    return redact(str(request.url)) if request is not None else None
+
+
+def _code(exc: Exception) -> str | None:
+    """The provider's error code: OpenAI's `code` (`model_not_found`), Anthropic's error `type`."""
+    if code := getattr(exc, "code", None):
+        return str(code)
+    body = getattr(exc, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    return error.get("type") if isinstance(error, dict) else None
 
 
 @dataclass

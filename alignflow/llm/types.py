@@ -33,16 +33,20 @@ class Completion:
 
 
 class ProviderError(Exception):
-    """A failed call. `retryable` says whether trying again may help; `retry_after` is in seconds."""
+    """A failed call. `retryable` says whether trying again may help; `retry_after` is in seconds; `url` is where
+    the call went (userinfo redacted) and `code` the provider's own error code (`model_not_found`), when known."""
 
     def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None, raw: str | None = None,
-                 status: int | None = None, headers: dict[str, str] | None = None):
+                 status: int | None = None, headers: dict[str, str] | None = None, url: str | None = None,
+                 code: str | None = None):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
         self.raw = raw
         self.status = status
         self.headers = headers
+        self.url = url
+        self.code = code
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Result:
     attempts: int = 0
     cached: bool = False
     paid: bool = False  # this run paid for it: asked now, or saved from an earlier attempt (not the request cache)
+    refused: str | None = None  # a refusal asking again cannot change (`llm.refused`): the line a stop would print
     extra: dict[str, Any] = field(default_factory=dict)
 
 
