@@ -17,6 +17,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
 
 Responder = Callable[[dict, str], "str | dict | None"]
 
@@ -331,12 +332,22 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/")
         if self._refused(owner, "anthropic" if self.headers.get("x-api-key") else "openai"):
             return
+        if owner.strict_paths and parts[:1] != ["v1"]:
+            return self._send(404, {"error": {"message": f"Invalid URL (GET {path})", "type": "invalid_request_error",
+                                              "param": None, "code": None}})
+        if parts == ["v1", "models"] and owner.models is not None:
+            return self._send(200, {"object": "list", "has_more": False, "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "test", "type": "model", "display_name": m,
+                 "created_at": "2026-01-01T00:00:00Z"} for m in owner.models]})
         if parts == ["v1", "models"]:
             return self._send(200, {"object": "list", "data": [{"id": "gen-model", "object": "model", "created": 0,
                                                                 "owned_by": "test", "type": "model",
                                                                 "display_name": "gen-model",
                                                                 "created_at": "2026-01-01T00:00:00Z"}],
                                     "has_more": False, "first_id": "gen-model", "last_id": "gen-model"})
+        if parts in (["v1", "batches"], ["v1", "messages", "batches"]):
+            return self._send(200, owner._batch_list("openai" if parts == ["v1", "batches"] else "anthropic",
+                                                     parse_qs(urlsplit(self.path).query)))
         if parts[:2] == ["v1", "batches"] and len(parts) == 3:
             found = owner.batches.get(parts[2])
             return self._send(200, owner._openai_batch(found)) if found else self._send(404, {"error": {"message": "no such batch"}})
@@ -367,22 +378,36 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/files":
             self._send(200, owner._upload(self.headers.get("Content-Type", ""), raw))
         elif path == "/v1/batches":
-            self._send(200, owner._openai_batch(owner._create_batch("openai", json.loads(raw))))
+            batch = owner._create_batch("openai", json.loads(raw))
+            owner._stop.wait(owner.batch_create_delay_s)  # made, not yet answered: a client killed now has no id
+            self._send(200, owner._openai_batch(batch))
         elif path == "/v1/messages/batches":
-            self._send(200, owner._anthropic_batch(owner._create_batch("anthropic", json.loads(raw))))
+            batch = owner._create_batch("anthropic", json.loads(raw))
+            owner._stop.wait(owner.batch_create_delay_s)
+            self._send(200, owner._anthropic_batch(batch))
         else:
             self._send(404, {"error": {"message": f"unknown path {path}"}})
 
     def do_POST(self) -> None:  # noqa: N802
         owner = self.server.owner
+        owner._count("posts")
         path = self.path.split("?", 1)[0].rstrip("/")
         if path in ("/v1/files", "/v1/batches", "/v1/messages/batches"):
             length = int(self.headers.get("Content-Length") or 0)
-            return self._batch_api(owner, path, self.rfile.read(length) if length else b"{}")
-        if path in ("/v1/chat/completions", "/chat/completions"):
+            raw = self.rfile.read(length) if length else b"{}"
+            if owner.refuse_batches is not None:
+                owner._count("refused")
+                return self._error("anthropic" if "messages" in path else "openai", *owner.refuse_batches)
+            return self._batch_api(owner, path, raw)
+        if path in ("/v1/chat/completions", "/chat/completions") and not (owner.strict_paths and path[:3] != "/v1"):
             kind = "openai"
-        elif path in ("/v1/messages", "/messages"):
+        elif path in ("/v1/messages", "/messages") and not (owner.strict_paths and path[:3] != "/v1"):
             kind = "anthropic"
+        elif owner.strict_paths:
+            owner._count("refused")
+            self._send(404, {"error": {"message": f"Invalid URL (POST {path})", "type": "invalid_request_error",
+                                       "param": None, "code": None}})
+            return
         else:
             self._send(404, {"error": {"message": f"unknown path {self.path}"}})
             return
@@ -403,6 +428,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, owner: "LLMTestServer", kind: str, req: dict, in_flight: int) -> None:
         if self._refused(owner, kind):
             return
+        if owner.models is not None and req.get("model") not in owner.models:
+            owner._count("refused")
+            model = req.get("model")
+            if kind == "anthropic":
+                return self._send(404, {"type": "error", "error": {"type": "not_found_error",
+                                                                   "message": f"model: {model}"}})
+            return self._error(kind, 404, f"The model `{model}` does not exist or you do not have access to it.",
+                               code="model_not_found")
+        if owner.refuse is not None and (refusal := owner.refuse(req, kind)) is not None:
+            owner._count("refused")
+            return self._error(kind, *refusal)
 
         fault = owner._draw_fault()
         if owner.max_in_flight is not None and in_flight > owner.max_in_flight:
@@ -423,6 +459,9 @@ class _Handler(BaseHTTPRequestHandler):
             if owner._stop.wait(owner.hang_s):
                 self.close_connection = True
                 return
+        if owner._held():
+            self.close_connection = True  # never answered: the client that asked is gone
+            return
         try:
             body = owner._answer(req, kind, malformed=(fault == "malformed"))
         except Exception as exc:  # responder bugs become 500s
@@ -432,13 +471,13 @@ class _Handler(BaseHTTPRequestHandler):
             owner._record_served(req, body)
 
     def _error(self, kind: str, status: int, message: str,
-               headers: dict[str, str] | None = None) -> None:
+               headers: dict[str, str] | None = None, code: str | None = None) -> None:
         etype = {429: "rate_limit_error", 400: "invalid_request_error"}.get(
             status, "api_error" if kind == "anthropic" else "server_error")
         if kind == "anthropic":
             body = {"type": "error", "error": {"type": etype, "message": message}}
         else:
-            body = {"error": {"message": message, "type": etype, "param": None, "code": None}}
+            body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
         self._send(status, body, headers)
 
     def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> bool:
@@ -480,9 +519,20 @@ class LLMTestServer:
                  latency_s: float = 0.0, hang_s: float = 30.0, retry_after_s: float = 0.05,
                  latency_jitter_s: float = 0.0, max_in_flight: int | None = None,
                  slow_per_in_flight_s: float = 0.0, batch_step_s: float = 0.2, batch_p_fail: float = 0.0,
-                 batch_expire_every: int = 0, api_key: str | None = None, seed: int = 0) -> None:
+                 batch_expire_every: int = 0, api_key: str | None = None, seed: int = 0,
+                 batch_create_delay_s: float = 0.0, strict_paths: bool = False, models: list[str] | None = None,
+                 refuse: Callable[[dict, str], tuple[int, str] | None] | None = None,
+                 refuse_batches: tuple[int, str] | None = None) -> None:
         """`latency_s` + U(0, `latency_jitter_s`) per request, plus `slow_per_in_flight_s` for each request in
-        flight (a server that slows down under load); beyond `max_in_flight` requests at once, a 429."""
+        flight (a server that slows down under load); beyond `max_in_flight` requests at once, a 429.
+
+        Refusals, as a provider answers a wrong config (each counted in `refused`; `posts` counts every POST):
+        `strict_paths` serves only the /v1/... paths (anything else is a 404, as OpenAI answers a base_url without
+        /v1); `models` are the only models there are (another is a 404 `model_not_found`; the models list lists
+        them); `refuse(body, kind)` may name a (status, message) to answer a completion request with; every call to
+        the Batch APIs is answered `refuse_batches` (status, message) when it is set."""
+        self.strict_paths, self.models, self.refuse, self.refuse_batches = strict_paths, models, refuse, refuse_batches
+        self.posts = self.refused = 0
         self.respond = respond
         self.p429, self.p500, self.p_malformed, self.p_hang = p429, p500, p_malformed, p_hang
         self.latency_s, self.hang_s, self.retry_after_s = latency_s, hang_s, retry_after_s
@@ -497,6 +547,8 @@ class LLMTestServer:
         # Batch APIs: each batch moves one status every `batch_step_s`; an item fails with `batch_p_fail`; every
         # `batch_expire_every`-th batch expires with only half of its items answered
         self.batch_step_s, self.batch_p_fail, self.batch_expire_every = batch_step_s, batch_p_fail, batch_expire_every
+        self.batch_create_delay_s = batch_create_delay_s  # a batch is made this long before its creator hears of it
+        self._hold = threading.Event()  # set: requests wait unanswered (`hold_answers`)
         self.files: dict[str, bytes] = {}
         self.api_key = api_key  # when set, any other key is refused with a 401
         self.batches: dict[str, dict] = {}
@@ -540,9 +592,27 @@ class LLMTestServer:
         """Zero the counters, and forget the served log and the arrivals."""
         with self._lock:
             self.requests = self.served = self.throttled = self.peak_in_flight = self.over_capacity = 0
+            self.posts = self.refused = 0
             self.tokens_in = self.tokens_out = 0
             self.served_log, self.arrivals = [], []
             self.peak_by_model, self.arrivals_by_model = {}, {}
+
+    def hold_answers(self) -> None:
+        """From now on no request is answered: each waits, and is dropped unanswered by `drop_held`. A test that
+        kills its client while answers are held knows every answer the client was ever sent."""
+        self._hold.set()
+
+    def drop_held(self) -> None:
+        """The requests waiting since `hold_answers` get no answer (their connection is closed); later ones do."""
+        self._hold.clear()
+
+    def _held(self) -> bool:
+        """Whether this request came while answers were held (it then waited until they no longer were)."""
+        if not self._hold.is_set():
+            return False
+        while self._hold.is_set() and not self._stop.wait(0.02):
+            pass
+        return True
 
     def _arrive(self, model: str) -> int:
         with self._lock:
@@ -620,6 +690,7 @@ class LLMTestServer:
             number = len(self.batches) + 1
             batch = {"id": f"{'batch' if kind == 'openai' else 'msgbatch'}_{uuid.uuid4().hex[:20]}", "kind": kind,
                      "created": time.time(), "requests": requests, "number": number, "results": None,
+                     "metadata": body.get("metadata") if kind == "openai" else None,
                      "expires": bool(self.batch_expire_every) and number % self.batch_expire_every == 0}
             self.batches[batch["id"]] = batch
         return batch
@@ -655,7 +726,8 @@ class LLMTestServer:
         out = {"id": batch["id"], "object": "batch", "endpoint": "/v1/chat/completions", "errors": None,
                "input_file_id": "file-input", "completion_window": "24h", "status": status,
                "output_file_id": None, "error_file_id": None, "created_at": int(batch["created"]),
-               "request_counts": {"total": len(batch["requests"]), "completed": 0, "failed": 0}}
+               "request_counts": {"total": len(batch["requests"]), "completed": 0, "failed": 0},
+               "metadata": batch.get("metadata")}
         if stage == 3:
             results = self._results(batch)
             done = [json.dumps({"id": f"batch_req_{i}", "custom_id": cid, "error": None,
@@ -675,6 +747,22 @@ class LLMTestServer:
                     out[name] = file_id
             out["request_counts"] = {"total": len(results), "completed": len(done), "failed": len(bad)}
         return out
+
+    def _batch_list(self, kind: str, query: dict[str, list[str]]) -> dict:
+        """The batches of one API, newest first, a page at a time: `limit`, and `after` (OpenAI) or `after_id`
+        (Anthropic) the last id of the page before."""
+        with self._lock:
+            mine = sorted((b for b in self.batches.values() if b["kind"] == kind), key=lambda b: -b["number"])
+        after = (query.get("after") or query.get("after_id") or [None])[0]
+        if after is not None:
+            ids = [b["id"] for b in mine]
+            mine = mine[ids.index(after) + 1:] if after in ids else []
+        limit = int((query.get("limit") or ["20"])[0])
+        page = [self._openai_batch(b) if kind == "openai" else self._anthropic_batch(b) for b in mine[:limit]]
+        out = {"data": page, "has_more": len(mine) > limit}
+        if kind == "openai":
+            return {"object": "list", **out}
+        return {**out, "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
 
     def _anthropic_batch(self, batch: dict) -> dict:
         ended = self._stage(batch) == 3

@@ -46,11 +46,13 @@ class AnthropicBackend:
         return Completion(text=text, finish_reason=finish, input_tokens=reply.usage.input_tokens,
                           output_tokens=reply.usage.output_tokens, headers=rate_limit_headers(headers))
 
-    async def ping(self, timeout_s: float) -> None:
+    async def ping(self, timeout_s: float) -> list[str]:
+        """The models list (its first 1,000): a refused key or an endpoint nobody answers shows before a run."""
         try:
-            await self._client.models.list(timeout=timeout_s)
+            page = await self._client.models.list(limit=1000, timeout=timeout_s)
         except anthropic.AnthropicError as exc:
             raise as_provider_error(exc, anthropic) from None
+        return [model.id for model in page.data or [] if isinstance(getattr(model, "id", None), str)]
 
     async def complete(self, request: Request, timeout_s: float) -> Completion:
         body = self.body(request)
@@ -67,12 +69,26 @@ class AnthropicBackend:
     def batch_line(self, custom_id: str, request: Request) -> bytes:
         return json.dumps({"custom_id": custom_id, "params": self.body(request)}).encode()
 
-    async def submit(self, lines: list[bytes]) -> str:
+    async def submit(self, lines: list[bytes], tag: str) -> str:
+        """Message Batches carry no metadata: `tag` is not sent, and `find` goes by time and size."""
         try:
             batch = await self._client.messages.batches.create(requests=[json.loads(line) for line in lines])
         except anthropic.AnthropicError as exc:
             raise as_provider_error(exc, anthropic) from None
         return batch.id
+
+    async def find(self, tag: str, since: float, requests: int, taken: set[str]) -> str | None:
+        """The oldest batch made since `since` with `requests` requests that no record has `taken`, if any."""
+        found = None
+        try:
+            async for batch in self._client.messages.batches.list(limit=100):  # newest first
+                if batch.created_at.timestamp() < since:
+                    break
+                if batch.id not in taken and sum(batch.request_counts.model_dump().values()) == requests:
+                    found = batch.id
+        except anthropic.AnthropicError as exc:
+            raise as_provider_error(exc, anthropic) from None
+        return found
 
     async def poll(self, batch_id: str) -> BatchStatus:
         try:

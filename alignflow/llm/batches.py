@@ -3,8 +3,16 @@
 A phase's requests to one endpoint go out as provider batches (split at the providers' limits on requests and
 bytes), are polled until they end, and are mapped back by custom id, in whatever order the results come. An
 item that failed or expired is sent again in a new batch, up to `max_retries` times; an answer that does not
-parse is re-asked in the next batch, up to `structured_retries` times. The ids of the submitted batches are
-saved in the run's store before polling starts, so a killed run polls them again instead of sending twice.
+parse is re-asked in the next batch, up to `structured_retries` times.
+
+A provider batch is made once, however often the run is killed. Each is recorded in the run's store before it is
+made (an intent: its custom ids, and a tag of its own, which OpenAI's batch also carries in its `metadata`), and
+again with its id once the provider answers. A resumed run replays the records in order: each request waits for
+the next recorded batch that holds it (polled if it still runs, read again if it ended), so it takes the path a
+run never killed would, and only what no record holds is sent. An intent without an id (a kill while it was being
+sent) is looked up in the provider's list of batches: adopted if the provider made it (OpenAI: by its tag;
+Anthropic, whose batches carry no metadata: the first made since, of its size), else sent now. The records go
+when the run's batch is checkpointed: its failures, asked again on a later resume, go in new batches.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import asyncio
 import dataclasses
 import hashlib
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +30,9 @@ from alignflow.llm.types import Answers, Completion, OnResult, ProviderError, Re
 
 if TYPE_CHECKING:
     from alignflow.llm.client import LLM
+
+RECORD = "provider-batch-"  # the name of a provider batch's record, before its tag
+SKEW_S = 5.0  # how much earlier than its intent the provider's clock may date a batch made for it
 
 
 @dataclass
@@ -37,6 +49,7 @@ class Item:
     output_tokens: int = 0
     reserved: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    seen: set[str] = field(default_factory=set)  # the provider batches it has had a result from
 
     @property
     def custom_id(self) -> str:
@@ -45,16 +58,49 @@ class Item:
 
 
 class Submissions:
-    """The provider batches sent for one endpoint, kept in the run's store when there is one."""
+    """The provider batches made for one endpoint in one batch of the run, oldest first, each recorded in the run's
+    store when there is one (a note of the answer log)."""
 
-    def __init__(self, answers: Answers | None, name: str):
-        self.answers, self.name = answers, name
-        saved = answers.get_note(name) if answers is not None and hasattr(answers, "get_note") else None
-        self.batches: list[dict[str, Any]] = (saved or {}).get("batches", [])
+    def __init__(self, answers: Answers | None, endpoint: str):
+        self.notes = answers if hasattr(answers, "put_note") else None
+        self.endpoint = hashlib.sha256(endpoint.encode()).hexdigest()[:12]  # a URL may hold a secret: not kept
+        saved = self.notes.notes(RECORD).values() if self.notes is not None else ()
+        self.records: list[dict[str, Any]] = sorted((r for r in saved if r["endpoint"] == self.endpoint),
+                                                    key=lambda r: r["at"])
+        self._ids = {r["tag"]: set(r["ids"]) for r in self.records}
 
-    def save(self) -> None:
-        if self.answers is not None and hasattr(self.answers, "put_note"):
-            self.answers.put_note(self.name, {"batches": self.batches})
+    def next_for(self, item: Item) -> dict[str, Any] | None:
+        """The first made batch that holds the item and has not given it a result yet."""
+        return next((r for r in self.records if r["id"] and r["id"] not in item.seen
+                     and item.custom_id in self._ids[r["tag"]]), None)
+
+    async def submit(self, backend, lines: list[bytes], ids: list[str]) -> dict[str, Any]:
+        """Record the intent, make the batch, record its id. The tag is drawn at random, not hashed from the content:
+        a retry can send the very same lines again, and so can another run of the same requests."""
+        record = {"endpoint": self.endpoint, "tag": uuid.uuid4().hex, "ids": ids, "id": None, "at": time.time()}
+        self._save(record)  # before the provider makes anything
+        record["id"] = await backend.submit(lines, record["tag"])
+        self._save(record)
+        self.records.append(record)
+        self._ids[record["tag"]] = set(ids)
+        return record
+
+    async def reconcile(self, backend) -> None:
+        """Intents a kill left without an id: adopted when the provider's list of batches has the batch made for
+        them, else forgotten (their requests are sent again, in the same batches)."""
+        for record in [r for r in self.records if r["id"] is None]:
+            taken = {r["id"] for r in self.records if r["id"]}
+            record["id"] = await backend.find(record["tag"], record["at"] - SKEW_S, len(record["ids"]), taken)
+            if record["id"]:
+                self._save(record)
+            else:
+                self.records.remove(record)
+                if self.notes is not None:
+                    self.notes.drop_note(RECORD + record["tag"])
+
+    def _save(self, record: dict[str, Any]) -> None:
+        if self.notes is not None:
+            self.notes.put_note(RECORD + record["tag"], record)
 
 
 async def answer_in_batches(llm: LLM, requests: list[Request], answers: Answers | None,
@@ -69,12 +115,20 @@ async def answer_in_batches(llm: LLM, requests: list[Request], answers: Answers 
             item = Item(i, request, list(request.messages), llm.key(request))
             items.setdefault(item.custom_id, item)  # the same request twice is one item: both get its answer
     twins = {i: items[llm.key(r)] for i, (r, known) in enumerate(zip(requests, results)) if known is None}
-    sent = Submissions(answers, f"provider-batches-{hashlib.sha256(llm.endpoint.name.encode()).hexdigest()[:12]}")
+    sent = Submissions(answers, llm.endpoint.name)
+    if items:
+        await sent.reconcile(backend)
     stopped: BudgetReached | None = None
     while items:
-        pending = [b for b in sent.batches if not b["collected"] and set(b["ids"]) & set(items)]
-        waiting = {cid for b in pending for cid in b["ids"]}
-        for chunk in _chunks([items[c] for c in items if c not in waiting], llm, backend):
+        waiting: dict[str, set[str]] = {}  # by batch tag: the custom ids it answers this round
+        fresh = []
+        for item in items.values():
+            record = sent.next_for(item)
+            if record is None:
+                fresh.append(item)
+            else:
+                waiting.setdefault(record["tag"], set()).add(item.custom_id)
+        for chunk in _chunks(fresh, llm, backend):
             try:
                 _reserve(llm, chunk)
             except BudgetReached as exc:
@@ -84,18 +138,16 @@ async def answer_in_batches(llm: LLM, requests: list[Request], answers: Answers 
                 continue
             lines = [backend.batch_line(item.custom_id, dataclasses.replace(item.request, messages=item.messages))
                      for item in chunk]
-            batch = {"id": await backend.submit(lines), "ids": [item.custom_id for item in chunk], "collected": False}
-            sent.batches.append(batch)
-            sent.save()  # before any polling: a killed run finds it
-            pending.append(batch)
-        for batch in pending:
-            await _wait(backend, batch["id"], llm.config.batch_poll_s)
-            found = await backend.results(batch["id"])
-            for cid in batch["ids"]:
-                if cid in items:
-                    _settle(llm, items.pop(cid), found.get(cid), items, results, answers, on_result)
-            batch["collected"] = True
-            sent.save()
+            record = await sent.submit(backend, lines, [item.custom_id for item in chunk])
+            waiting[record["tag"]] = set(record["ids"])
+        for record in [r for r in sent.records if r["tag"] in waiting]:  # in the order made: a replay settles
+            await _wait(backend, record["id"], llm.config.batch_poll_s)  # (and re-queues) as the first run did
+            found = await backend.results(record["id"])
+            for cid in record["ids"]:
+                if cid in waiting[record["tag"]]:
+                    item = items.pop(cid)
+                    item.seen.add(record["id"])
+                    _settle(llm, item, found.get(cid), items, results, answers, on_result)
     for i, item in twins.items():
         results[i] = results[i] or results[item.index]
     if stopped:

@@ -38,12 +38,14 @@ class OpenAIBackend:
                           input_tokens=usage.prompt_tokens if usage else 0,
                           output_tokens=usage.completion_tokens if usage else 0, headers=rate_limit_headers(headers))
 
-    async def ping(self, timeout_s: float) -> None:
-        """One cheap call (the models list): a refused key or an endpoint nobody answers shows before a run."""
+    async def ping(self, timeout_s: float) -> list[str]:
+        """One cheap call (the models list): a refused key or an endpoint nobody answers shows before a run. Returns
+        the models it lists (none when what answered is no models list)."""
         try:
-            await self._client.models.list(timeout=timeout_s)
+            page = await self._client.models.list(timeout=timeout_s)
         except openai.OpenAIError as exc:
             raise as_provider_error(exc, openai) from None
+        return [model.id for model in page.data or [] if isinstance(getattr(model, "id", None), str)]
 
     async def complete(self, request: Request, timeout_s: float) -> Completion:
         try:
@@ -58,14 +60,26 @@ class OpenAIBackend:
         return json.dumps({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
                            "body": self.body(request)}).encode() + b"\n"
 
-    async def submit(self, lines: list[bytes]) -> str:
+    async def submit(self, lines: list[bytes], tag: str) -> str:
         try:
             upload = await self._client.files.create(file=("requests.jsonl", b"".join(lines)), purpose="batch")
             batch = await self._client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                                      completion_window="24h")
+                                                      completion_window="24h", metadata={"alignflow_batch": tag})
         except openai.OpenAIError as exc:
             raise as_provider_error(exc, openai) from None
         return batch.id
+
+    async def find(self, tag: str, since: float, requests: int, taken: set[str]) -> str | None:
+        """The batch `submit` made with `tag`, if it made one, from the batches listed since `since` (newest first)."""
+        try:
+            async for batch in self._client.batches.list(limit=100):
+                if batch.created_at < since:
+                    return None
+                if (batch.metadata or {}).get("alignflow_batch") == tag:
+                    return batch.id
+        except openai.OpenAIError as exc:
+            raise as_provider_error(exc, openai) from None
+        return None
 
     async def poll(self, batch_id: str) -> BatchStatus:
         try:
