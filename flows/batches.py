@@ -16,21 +16,26 @@ from prefect.states import Cancelled, Crashed
 
 from alignflow.engine.lease import Lease
 from alignflow.engine.run import Run
+from alignflow.engine.store import Store
 from alignflow.stages import registry
 from flows.runner import batch_runner
+from tasks import limits
 
 
 @contextmanager
 def writing(run: Run) -> Iterator[Lease]:
-    """The run's lease, held while the flow runs: a second writer of the same run id stops with LeaseHeld. Flow
-    runs of this run id left Running by a killed process are marked Crashed; one stopped by SIGINT or SIGTERM is
-    noted for `mark_interrupted`."""
-    lease = Lease(run.store, run.run_id, flow_run.id)
+    """The run's lease, held while the flow runs: a second writer of the same run id stops with LeaseHeld, and the
+    run's store calls, here and on every worker, stop with LeaseLost if another writer takes it over. Flow runs of
+    this run id left Running by a killed process are marked Crashed; one stopped by SIGINT or SIGTERM is noted for
+    `mark_interrupted`. With Dask and a budget, the budget the workers share is kept meanwhile."""
+    lease = Lease(Store(run.config.store), run.run_id, flow_run.id)
     if taken_over := lease.acquire():
         get_run_logger().warning(taken_over)
+    run.held_by(lease.token)
     _crash_dead_runs(run.run_id)
     try:
-        yield lease
+        with limits.run_budget(run):
+            yield lease
     except (KeyboardInterrupt, TerminationSignal):
         INTERRUPTED[flow_run.id] = run.run_id
         raise

@@ -2,12 +2,14 @@
 on its own (another directory, its own processes: no project path, no cache shared with the driver), the store
 on an S3 server, the endpoint's limit shared through a Prefect global concurrency limit. One worker is killed
 mid-run; then the run is resumed by a fresh process on a fresh cluster with empty caches."""
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import polars as pl
 import pytest
 from conftest import BUCKET, ROOT, _free_port
 from distributed import Client
@@ -118,3 +120,42 @@ def test_a_dask_cluster_on_s3_survives_a_killed_worker_and_a_fresh_process_resum
             cluster.close()
         assert server.requests == asked, "a fresh process on a fresh cluster asked again what the store has"
     assert assert_whole(store, "r1")["datasets"] == manifest["datasets"]
+
+
+def _answered_costs(root, price: float) -> list[float]:
+    """What each answer saved in a local store cost, at `price` dollars a token (answer parts and answer logs)."""
+    rows = [pl.read_parquet(part).to_dicts() for part in root.rglob("answers/**/*.parquet")]
+    rows += [[json.loads(line) for line in log.read_text().splitlines() if line.endswith("}")]
+             for log in root.rglob("answers/**/*.jsonl")]
+    return [(r["input_tokens"] + r["output_tokens"]) * price for found in rows for r in found]
+
+
+def test_a_budget_holds_for_the_run_across_two_dask_workers(tmp_path, prefect_server):
+    """A budget some 20 requests spend, on a 2-worker cluster of its own, four batches at once on each: the loopback
+    server is asked for no more than the budget and one request's cost, though each worker alone could have spent
+    the whole budget, and the run stops with exit code 4 naming it."""
+    price, budget = 0.001, 20.0  # dollars a token: one request costs about $1
+    prices, store = tmp_path / "prices.yaml", tmp_path / "store"
+    prices.write_text(f"openai:\n  gen-model: {{input: {price * 1e6:.0f}, output: {price * 1e6:.0f}}}\n")
+    (tmp_path / "elsewhere").mkdir()
+    with LLMTestServer(latency_s=0.05) as server:
+        cluster = Cluster(tmp_path / "elsewhere", cluster_env(tmp_path, "budget", prefect_server))
+        try:
+            proc = subprocess.run([sys.executable, "-m", "flows.cli", *args(
+                server, str(store), "--set", f"runner.dask.address={cluster.address}", "--set", f"prices={prices}",
+                "--set", f"llm.budget_usd={budget}", "--set", "cache.enabled=false", "--set", "responses.batch_size=2",
+                "--set", "instructions.prompts_per_round=4", target="48")],
+                cwd=ROOT, env=cluster_env(tmp_path, "driver", prefect_server), capture_output=True, timeout=420)
+        finally:
+            cluster.close()
+        spent = (server.tokens_in + server.tokens_out) * price
+    costs = _answered_costs(store, price)
+    print(f"{server.requests} requests, ${spent:.2f} spent of ${budget:.2f}; the dearest ${max(costs):.2f}")
+    err = proc.stderr.decode()
+    assert proc.returncode == 4, err[-3000:]
+    [line] = [line for line in err.splitlines() if line.startswith("alignflow:")]
+    assert line.startswith(f"alignflow: run r1 stopped: llm.budget_usd ${budget:.2f} reached")
+    assert spent <= budget + max(costs)
+    assert spent > 0.75 * budget  # what is left: each worker's last allowance, and the last request's most
+    workers = Store(str(store)).read_json("r1/manifest.json")["endpoints"]
+    assert len(workers) == 2 and all(w["requests"] for w in workers)  # both spent from the one budget
