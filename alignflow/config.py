@@ -6,9 +6,11 @@ names the environment variable that holds one.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -41,7 +43,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, field_title_generator=_title)
 
 
-URL = r"^https?://[^\s/$.?#][^\s]*$"
+# no user:password@ before the host, so a deployment's API refuses a credential in a URL before it stores it
+URL = r"^https?://[^\s/$.?#@][^\s/?#@]*([/?#]\S*)?$"
 
 
 class LLMConfig(Strict):
@@ -49,9 +52,10 @@ class LLMConfig(Strict):
 
     provider: Provider = Field("local", description="`openai` (any OpenAI-compatible server, with `base_url`), "
                                                     "`anthropic`, or `local` (the bundled model, on the CPU)")
-    model: str | None = Field(None, description="empty: per provider, `gpt-4o-mini`, `claude-3-5-haiku-latest` or the "
-                                                "bundled `SmolLM2-135M-Instruct` (a `.gguf` path or model directory "
-                                                "also works)")
+    model: str | None = Field(None, max_length=256,  # a model name; far longer would go in every request
+                              description="empty: per provider, `gpt-4o-mini`, `claude-3-5-haiku-latest` or the "
+                                          "bundled `SmolLM2-135M-Instruct` (a `.gguf` path or model directory "
+                                          "also works)")
     base_url: str | None = Field(None, pattern=URL, description="an OpenAI- or Anthropic-compatible endpoint, "
                                                                 "http(s)://; empty: the provider's")
     api_key_env: str | None = Field(None, description="the environment variable holding the API key; empty: "
@@ -99,6 +103,11 @@ class LLMConfig(Strict):
         key = os.environ.get(env)
         if not key:
             raise ConfigError(f"missing API key: set the environment variable {env} (provider {self.provider})")
+        if key != key.strip():  # sent as it is, it is refused, and the server's answer would not say why
+            what = ("holds only whitespace" if not key.strip() else
+                    "has a trailing newline" if "\n" in key[len(key.rstrip()):] else "has whitespace around the key")
+            raise ConfigError(f"{env} {what}: set it to the key alone, e.g. export {env}=\"$(tr -d '[:space:]' "
+                              "< keyfile)\"")
         return key
 
     def merged(self, override: "LLMOverride | None") -> "LLMConfig":
@@ -283,6 +292,35 @@ class PairsConfig(Strict):
 GatedStage = Literal["instructions", "responses", "judgments", "pairs", "revisions", "cai_labels"]
 
 
+class BenchmarkFile(Strict):
+    """A benchmark whose items must not appear in the data: JSONL (or .jsonl.gz) or Parquet, one item per row."""
+
+    path: str = Field(description="the file, e.g. `../shared/data/gsm8k_test.jsonl`")
+    column: str | None = Field(None, description="its text column; empty: `gate.decontaminate.column`")
+    name: str | None = Field(None, description="the name rejected rows' reasons give; empty: the file's stem")
+
+
+class DecontaminateConfig(Strict):
+    """Word n-gram overlap with benchmark items (the GPT-3 / NeMo Curator method): a row sharing one is rejected."""
+
+    benchmarks: list[BenchmarkFile] = Field([], description="benchmark files (a path, or `{path, column, name}`); "
+                                                            "empty: no decontamination")
+    column: str | None = Field(None, description="the text column of each file; empty: the first of question, "
+                                                 "prompt, problem, text, instruction, input it has")
+    ngram: int = Field(13, ge=3, le=64, description="words per n-gram, after lowercasing and dropping punctuation")
+    min_ngram: int = Field(8, ge=1, le=64, description="an item shorter than `ngram` words is one n-gram of its own "
+                                                       "length, if it has at least this many words")
+    min_overlap: float = Field(0.0, ge=0, lt=1, description="the share of an item's n-grams a row must share to be "
+                                                            "contaminated; 0: any one")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _paths(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("benchmarks"), list):
+            data = {**data, "benchmarks": [{"path": b} if isinstance(b, str) else b for b in data["benchmarks"]]}
+        return data
+
+
 class GateConfig(Strict):
     """Each batch is validated against `<suites>/<stage>.json`; a failing batch is quarantined or fails the run."""
 
@@ -296,6 +334,17 @@ class GateConfig(Strict):
     ask: bool = Field(True, description="in a run started from a deployment, wait (suspended: no worker held) for a "
                                         "person to release or drop its quarantined batches in the Prefect UI before "
                                         "the datasets are written; off: it ends `Completed with quarantine`")
+
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
+    max_contaminated_share: float = Field(0.05, ge=0, le=1, description="a batch with a larger share of contaminated "
+                                                                        "rows is quarantined, not only thinned")
+    pii: Literal["reject", "redact", "off"] = Field("redact", description="personal data and secrets in the texts "
+                                                                          "(e-mail, phone, card, IBAN, IP, API keys, "
+                                                                          "private keys): `redact` replaces each with "
+                                                                          "a typed placeholder and records it; "
+                                                                          "`reject` rejects the row")
+    max_pii_share: float = Field(0.25, ge=0, le=1, description="a batch with a larger share of rows holding personal "
+                                                               "data or secrets is quarantined")
 
     def policy(self, stage: str) -> OnFailure:
         return self.stages.get(stage, self.on_failure)
@@ -398,8 +447,12 @@ class PipelineConfig(Strict):
 
     @model_validator(mode="after")
     def _seeds_exist(self) -> "PipelineConfig":
-        if not Path(self.seeds).is_file():
-            raise ValueError(f"seeds: {self.seeds} is a directory, not a file" if Path(self.seeds).is_dir()
+        try:
+            is_file, is_dir = Path(self.seeds).is_file(), Path(self.seeds).is_dir()
+        except OSError as exc:  # a name too long for the file system
+            raise ValueError(f"seeds: cannot read {abbreviated(self.seeds)}: {exc.strerror}") from None
+        if not is_file:
+            raise ValueError(f"seeds: {self.seeds} is a directory, not a file" if is_dir
                              else f"seeds file not found: {self.seeds}")
         return self
 
@@ -433,20 +486,81 @@ class PipelineConfig(Strict):
         return [base.merged(m) for m in self.responses.models] or [base]
 
 
+def abbreviated(text: str, limit: int = 120) -> str:
+    """`text` as a one-line message quotes it: a long value (a pasted file, a 1 MB `--set`) cut to its start."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
+
+
+# what a prompt or a Parquet file must not carry: control characters but tab and line ends (NUL ends C strings, the
+# others are invisible) and lone surrogates (no character at all: not UTF-8, a broken `\ud800` escape)
+_UNFIT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+
+
+def unfit_character(text: str) -> str | None:
+    """The first character of `text` no prompt or Parquet file should carry, described with its position; or None."""
+    found = _UNFIT.search(text)
+    if found is None:
+        return None
+    code = ord(found[0])
+    what = "a NUL character" if code == 0 else "a lone surrogate" if code >= 0xD800 else "a control character"
+    return f"{what} (U+{code:04X}) at character {found.start() + 1:,}"
+
+
+MAX_DEPTH = 32  # a config is a few sections deep; far deeper is a mistake, and parsers recurse on it
+MAX_VALUE_CHARS = 4096  # the longest path Linux takes; no config value (a path, a name, a URL) is longer
+_USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]*@")  # scheme://user:password@host
+
+
+def _check_values(value: Any, where: list[str]) -> None:
+    """Every value of a config as plain as it must be: nested at most MAX_DEPTH levels, each text at most
+    MAX_VALUE_CHARS with no unfit character, and no URL with a user name or password (a key goes in the
+    environment: `api_key_env` names its variable)."""
+    key = abbreviated(".".join(where)) or "config"
+    if len(where) > MAX_DEPTH:
+        raise ConfigError(f"{key}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if problem := unfit_character(str(name)):
+                raise ConfigError(f"{key}: the key {abbreviated(repr(name))} holds {problem}")
+            _check_values(item, [*where, str(name)])
+    elif isinstance(value, list):
+        for number, item in enumerate(value):
+            _check_values(item, [*where, str(number)])
+    elif isinstance(value, str):
+        if len(value) > MAX_VALUE_CHARS:
+            raise ConfigError(f"{key}: {len(value):,} characters; a config value is at most {MAX_VALUE_CHARS:,}")
+        if problem := unfit_character(value):
+            raise ConfigError(f"{key}: holds {problem}")
+        if _USERINFO.match(value):
+            instead = (f"put the key in an environment variable and name it in "
+                       f"{'.'.join([*where[:-1], 'api_key_env'])}" if where[-1:] == ["base_url"]
+                       else "credentials come from the environment (AWS_* for an s3:// store)")
+            raise ConfigError(f"{key}: the URL holds a user name or password (user:…@host): {instead}; a config "
+                              "never holds a secret")
+
+
 def _set_dotted(data: dict[str, Any], dotted: str) -> None:
     if "=" not in dotted:
-        raise ConfigError(f"--set {dotted}: expected KEY=VALUE")
+        raise ConfigError(f"--set {abbreviated(dotted)}: expected KEY=VALUE")
     key, raw = dotted.split("=", 1)
     parts = key.strip().split(".")
+    key = abbreviated(key.strip())  # as messages name it
     node = data
     for part in parts[:-1]:
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part} is not a section")
+            raise ConfigError(f"--set {key}: {abbreviated(part)} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    if problem := unfit_character(raw):
+        raise ConfigError(f"--set {key}: the value holds {problem}")
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deep") from None
 
 
 _UNION_TAGS = {"int", "constrained-int", "float", "str", "bool", "dict", "list"}
@@ -455,6 +569,19 @@ _UNION_TAGS = {"int", "constrained-int", "float", "str", "bool", "dict", "list"}
 def _word_tag(part: Any) -> bool:
     """The Literal branch of a union, as pydantic names it in an error's location (`literal['threads','dask']`)."""
     return isinstance(part, str) and part.startswith("literal[")
+
+
+def _close_key(loc: list[str]) -> str:
+    """The known keys nearest an unknown one (a typo), as dotted paths (`llm.mode or llm.model`), or ''."""
+    model: Any = PipelineConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part)
+        kinds = (field.annotation, *get_args(field.annotation)) if field else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+        if model is None:
+            return ""
+    found = difflib.get_close_matches(loc[-1], list(model.model_fields), n=2)
+    return " or ".join(".".join([*loc[:-1], key]) for key in found)
 
 
 def _describe(err: ValidationError) -> str:
@@ -467,11 +594,16 @@ def _describe(err: ValidationError) -> str:
                  shaped[0])
     loc = [str(p) for p in first["loc"]
            if p != "[key]" and not (isinstance(p, str) and (p in _UNION_TAGS or p[:1].isupper() or _word_tag(p)))]
-    where = ".".join(loc) or "config"
+    where = abbreviated(".".join(loc)) or "config"
     if first["type"] == "extra_forbidden":
-        return f"{where}: unknown key"
+        near = _close_key(loc)
+        return f"{where}: unknown key" + (f" (did you mean {near}?)" if near else "")
     if first["type"] == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == URL:
-        return f"{where}: {first['input']!r} is not an http:// or https:// URL"
+        given = "" if "@" in first["input"] else f"{abbreviated(first['input'])!r} "  # no password is echoed
+        return f"{where}: {given}is not an http:// or https:// URL"
+    if first["type"] == "string_type" and isinstance(first["input"], (dict, list)):
+        shape = "a mapping" if isinstance(first["input"], dict) else "a list"
+        return f"{where}: expected text, got {shape} (quote a value that holds ': ' or starts with '[' or '{{')"
     msg = first["msg"].removeprefix("Value error, ")
     return f"{where}: {msg}" if loc else msg
 
@@ -479,14 +611,17 @@ def _describe(err: ValidationError) -> str:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read a YAML config, apply `--set` overrides, validate. Relative paths resolve from the working directory."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     try:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {abbreviated(str(path))}")
         data = yaml.safe_load(path.read_text(encoding="utf-8-sig")) or {}
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {getattr(exc, 'strerror', None) or exc.reason}") from None
+        raise ConfigError(f"cannot read config file {abbreviated(str(path))}: "
+                          f"{getattr(exc, 'strerror', None) or exc.reason}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deep)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     for item in overrides or []:
@@ -513,6 +648,10 @@ def overridden(base: dict[str, Any], partial: dict[str, Any], dotted: list[str] 
 
 
 def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
+    try:
+        _check_values(data, [])
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

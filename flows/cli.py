@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-from alignflow.cli import launch
-from alignflow.cli import main as cli
-from alignflow.config import LLMOverride, PipelineConfig
+if TYPE_CHECKING:  # imported when main runs: a Ctrl-C while they load is one line too
+    from alignflow.config import LLMOverride, PipelineConfig
 
 
 class PrefectLauncher:
@@ -35,7 +36,9 @@ class PrefectLauncher:
             try:
                 state = client.read_flow_run(flow_run_id).state
             except Exception as exc:  # an unreachable server, or a flow run it does not have
-                return f"flow run {flow_run_id} could not be read from {os.environ['PREFECT_API_URL']}: {exc}"
+                from alignflow.llm.remote import redact
+
+                return redact(f"flow run {flow_run_id} could not be read from {os.environ['PREFECT_API_URL']}: {exc}")
         if state is None or not state.is_paused():
             return f"flow run {flow_run_id} is {state.name if state else 'gone'}, not waiting: resume the run to use it"
         resume_flow_run(flow_run_id, run_input={k: decision[k] for k in ("rows", "note")} |
@@ -51,6 +54,7 @@ def _start(module: str, name: str, *args, **kwargs) -> dict:
     from flows.batches import mark_interrupted
 
     flow = getattr(importlib.import_module(module), name)
+    _one_line_for_user_errors()
     try:
         return flow(*args, **kwargs)
     except (KeyboardInterrupt, TerminationSignal):
@@ -120,16 +124,64 @@ def cmd_limits_create(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    # read when Prefect and tqdm are imported, so set before anything imports them
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no network: the temporary server must not phone home
-    os.environ.setdefault("TQDM_DISABLE", "1")  # library bars would garble ours
-    launch.register(PrefectLauncher())
-    signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the flow run is marked Cancelled
-    from flows import deploy
+class _SaidInOneLine(logging.Filter):
+    """Prefect logs the exception that ends a flow or task run with its traceback. When the command says that
+    exception in one line itself (a user error, a lease another writer holds or took over, a refused endpoint), the
+    terminal shows only that line; the log the Prefect server keeps is unchanged."""
 
-    return cli.main(argv, extra=[register_limits, deploy.register])
+    def filter(self, record: logging.LogRecord) -> bool:
+        from alignflow.cli.errors import user_errors
+        from alignflow.engine.lease import LeaseLost
+        from alignflow.llm.refused import EndpointRefused
+        from tasks.stages import REFUSED, TAKEN_OVER, MissingLimit
+
+        said = (*user_errors(), *_user_errors(), MissingLimit, LeaseLost, EndpointRefused)
+        # nor Prefect's line for a run one of them ended, nor, for a refused endpoint, for each batch the stop ended
+        # or left waiting behind it
+        message = record.getMessage()
+        ended = message.startswith("Finished in state ") and any(f"exception {kind.__name__}:" in message
+                                                                  for kind in said)
+        stopped = message.startswith((f"Finished in state {REFUSED}(", f"Finished in state {TAKEN_OVER}(",
+                                      "Finished in state NotReady("))
+        return not (ended or stopped or record.exc_info and isinstance(record.exc_info[1], said))
+
+
+def _one_line_for_user_errors() -> None:
+    """The filter on each of Prefect's terminal handlers (set up when Prefect is imported)."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in logging.Logger.manager.loggerDict)]
+    for handler in {h for logger in loggers for h in getattr(logger, "handlers", ())}:
+        if isinstance(handler, PrefectConsoleHandler) and not any(isinstance(f, _SaidInOneLine)
+                                                                 for f in handler.filters):
+            handler.addFilter(_SaidInOneLine())
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The orchestrator's own user errors: a deploy that cannot be done as asked."""
+    from flows.deploy import DeployError
+
+    return (DeployError,)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        # read when Prefect and tqdm are imported, so set before anything imports them
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # no network: the temporary server must not phone home
+        os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # library bars would garble ours
+        signal.signal(signal.SIGTERM, _interrupt)  # stop as Ctrl-C does: the flow run is marked Cancelled
+        from alignflow.cli import launch
+        from alignflow.cli import main as cli
+        from flows import deploy
+
+        launch.register(PrefectLauncher())
+        return cli.main(argv, extra=[register_limits, deploy.register], errors=_user_errors())
+    except KeyboardInterrupt:  # while the modules load, before any command ran
+        from alignflow.cli import EXIT_INTERRUPTED, fail
+
+        return fail("interrupted before anything ran", EXIT_INTERRUPTED)
 
 
 def _interrupt(signum, frame) -> None:

@@ -96,12 +96,14 @@ def _prepare(args, stages: list[str]):
     """The config, the run, and the checks that would otherwise fail minutes later: constitution, API keys."""
     from alignflow.config import load_config
     from alignflow.engine.run import Run, new_run_id
+    from alignflow.llm.prices import load_prices
     from alignflow.stages.constitution import load_constitution
 
     config = load_config(args.config, args.set)
     load_constitution(config.constitution.file).check_rounds(config.constitution.rounds)
     for stage in stages:
         config.llm_for(stage).api_key()
+    load_prices(config.prices)  # the manifest prices the run: read now, not after every request
     return config, Run(config, args.run_id or new_run_id())
 
 
@@ -134,11 +136,14 @@ def _start(run, flow_call: Callable[[], dict], summary: Callable[[dict], str]) -
 
     from alignflow.cli.progress_bars import RichProgress
     from alignflow.engine import progress
+    from alignflow.llm.refused import EndpointRefused
 
     with RichProgress(Console(stderr=True)) as sink:
         progress.set_sink(sink)
         try:
             result = flow_call()
+        except EndpointRefused as exc:  # the run stopped: one line, like a config error
+            return fail(str(exc))
         except Exception as exc:  # the flow run's own error, already logged by Prefect
             first = str(exc).splitlines()[0] if str(exc) else ""
             return fail(f"run {run.run_id} failed: {type(exc).__name__}: {first}", 1)

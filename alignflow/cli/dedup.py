@@ -5,11 +5,13 @@
 
 OUT keeps the rows that are kept, with every column, in their order; REPORT has one row per dropped row (its id,
 the id of the kept row it duplicates, the similarity, the method). Rows are decided in order, each against
-the rows kept before it, so the first of a group of duplicates is the one kept.
+the rows kept before it, so the first of a group of duplicates is the one kept. A row whose column is null has no
+text to compare: it is kept apart, compared with nothing, and the summary line counts such rows.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import time
@@ -20,7 +22,7 @@ import polars as pl
 from pydantic import ValidationError
 
 from alignflow.cli import fail
-from alignflow.config import DedupConfig
+from alignflow.config import DedupConfig, abbreviated
 from alignflow.quality.dedup import make_index
 
 FORMATS = {".parquet": "parquet", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
@@ -55,6 +57,8 @@ def register(sub) -> None:
 
 def cmd_dedup(args) -> int:
     try:
+        if args.report is not None and _same_file(Path(args.out), Path(args.report)):
+            raise InputError(f"--out and --report are the same file: {args.out}")
         for path in (args.out, args.report):
             if path is not None:
                 _writable(Path(path))
@@ -68,11 +72,16 @@ def cmd_dedup(args) -> int:
     started = time.perf_counter()
     keep, duplicate_of, score = _decide(index, texts, config.method, started)
     kept = frame.filter(pl.Series(keep))
-    _write_atomic(kept, Path(args.out))
-    if args.report:
-        _write_atomic(_report(ids, keep, duplicate_of, score, config.method), Path(args.report))
+    try:
+        _write_atomic(kept, Path(args.out))
+        if args.report:
+            _write_atomic(_report(ids, keep, duplicate_of, score, config.method), Path(args.report))
+    except OSError as exc:  # the disk filled, or the directory went, after the check
+        return fail(f"cannot write {exc.filename or args.out}: {exc.strerror or exc}", 1)
     dropped = len(frame) - len(kept)
-    print(f"{args.input}: {len(frame):,} rows in, {len(kept):,} kept, {dropped:,} dropped ({config.method}) "
+    nulls = texts.null_count()
+    apart = f", {nulls:,} with no {args.column} kept apart (not compared)" if nulls else ""
+    print(f"{args.input}: {len(frame):,} rows in, {len(kept):,} kept, {dropped:,} dropped ({config.method}){apart} "
           f"in {time.perf_counter() - started:.1f}s")
     return 0
 
@@ -90,13 +99,31 @@ def _config(args) -> DedupConfig:
         return DedupConfig(method=args.method, threshold=args.threshold, **given)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a check of options together: `bands (200) must divide permutations (128)`
+            options = re.compile(rf"\b({'|'.join(MINHASH_OPTIONS)})\b")
+            message = first["msg"].removeprefix("Value error, ")
+            raise InputError(options.sub(lambda m: f"--{m[1].replace('_', '-')}", message)) from None
         raise InputError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
 
 
 def _writable(path: Path) -> None:
+    """A file can be written at `path`: a probe made and removed beside it, as the output will be."""
     _format(str(path))
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: no directory {path.parent}")
+    shown = abbreviated(str(path))
+    try:
+        if path.is_dir():
+            raise InputError(f"{shown}: is a directory")
+        if not path.parent.is_dir():
+            raise InputError(f"{shown}: no directory {abbreviated(str(path.parent))}")
+        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:  # no permission, a read-only file system, a name too long
+        raise InputError(f"cannot write {shown}: {exc.strerror}") from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.absolute() == b.absolute()
 
 
 def _format(path: str) -> str:
@@ -108,10 +135,13 @@ def _format(path: str) -> str:
 
 def _read(path: Path) -> pl.DataFrame:
     kind = _format(str(path))
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file")
+    try:
+        if not path.is_file():
+            raise InputError(f"{abbreviated(str(path))}: no such file")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file")
+    except OSError as exc:  # a name too long
+        raise InputError(f"cannot read {abbreviated(str(path))}: {exc.strerror}") from None
     try:
         frame = pl.read_parquet(path) if kind == "parquet" else _read_json_lines(path)
     except Exception as exc:  # polars and pyarrow raise many kinds for a corrupt file; all mean "cannot read it"
@@ -137,7 +167,7 @@ def _text_column(frame: pl.DataFrame, column: str, source: str) -> pl.Series:
     texts = frame[column]
     if texts.dtype not in (pl.String, pl.Null):
         raise InputError(f"{source}: column {column!r} holds {texts.dtype}, not text")
-    return texts.cast(pl.String).fill_null("")
+    return texts.cast(pl.String)
 
 
 def _id_column(frame: pl.DataFrame, column: str | None, source: str) -> pl.Series:
@@ -150,23 +180,24 @@ def _id_column(frame: pl.DataFrame, column: str | None, source: str) -> pl.Serie
 
 def _decide(index, texts: pl.Series, method: str, started: float):
     """Feed the index in batches (each batch is decided against everything kept before, so the result is
-    that of one call) and show progress on stderr when the work is long."""
-    keep, duplicate_of, score = [], [], []
+    that of one call) and show progress on stderr when the work is long. Null texts are kept, not compared."""
+    rows = texts.is_not_null().arg_true().to_numpy()  # the rows with a text, by their number in the file
+    keep, duplicate_of, score = np.ones(len(texts), bool), np.full(len(texts), -1), np.zeros(len(texts))
     step = BATCH_ROWS[method]
     shown = started
-    for start in range(0, len(texts), step):
-        batch = texts[start:start + step]
-        decisions = index.add([str(i) for i in range(start, start + len(batch))], batch)
-        keep.append(decisions.keep)
-        duplicate_of.extend(-1 if d is None else int(d) for d in decisions.duplicate_of)
-        score.append(decisions.score)
+    for start in range(0, len(rows), step):
+        batch = rows[start:start + step]
+        decisions = index.add([str(i) for i in batch], texts.gather(batch))
+        keep[batch] = decisions.keep
+        duplicate_of[batch] = [-1 if d is None else int(d) for d in decisions.duplicate_of]
+        score[batch] = decisions.score
         now = time.perf_counter()
-        if now - shown >= PROGRESS_EVERY_S and start + step < len(texts):
-            done = start + len(batch)
-            print(f"alignflow dedup: {done:,} of {len(texts):,} rows, {int(sum(k.sum() for k in keep)):,} kept, "
+        if now - shown >= PROGRESS_EVERY_S and start + step < len(rows):
+            done = int(batch[-1]) + 1  # rows of the file decided (or kept apart) so far
+            print(f"alignflow dedup: {done:,} of {len(texts):,} rows, {int(keep[:done].sum()):,} kept, "
                   f"{now - started:.0f}s", file=sys.stderr, flush=True)
             shown = now
-    return np.concatenate(keep), np.asarray(duplicate_of), np.concatenate(score)
+    return keep, duplicate_of, score
 
 
 def _report(ids: pl.Series, keep, duplicate_of, score, method: str) -> pl.DataFrame:

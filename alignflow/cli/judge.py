@@ -39,6 +39,7 @@ def cmd_audit(args) -> int:
     from alignflow.engine.store import Store, StoreError
     from alignflow.llm.ledger import BudgetReached
     from alignflow.llm.preflight import check_endpoints
+    from alignflow.llm.prices import load_prices
     from alignflow.review import judge_audit
 
     try:
@@ -48,6 +49,7 @@ def cmd_audit(args) -> int:
         judge.api_key()
         Store(config.store).check_writable()
         check_endpoints([judge])
+        load_prices(config.prices)  # the report prices the audit: read now, not after every request
     except (ConfigError, StoreError, judge_audit.AuditError) as exc:
         return fail(str(exc))
     from rich.console import Console

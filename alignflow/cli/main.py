@@ -5,9 +5,9 @@ import argparse
 import importlib
 import sys
 
-from alignflow.cli import EXIT_EMPTY, EXIT_STOPPED
+from alignflow.cli import EXIT_EMPTY, EXIT_STOPPED, EXIT_TAKEN_OVER
 from alignflow.cli import fail as _fail
-from alignflow.config import ConfigError, PipelineConfig, load_config
+from alignflow.config import ConfigError, PipelineConfig, abbreviated, load_config
 from alignflow.stages.constitution import ConstitutionError
 from alignflow.stages.seeds import SeedError, load_seeds
 
@@ -16,10 +16,13 @@ COMMAND_GROUPS = ("dedup", "export", "quarantine", "review", "labels", "constitu
 
 def _preflight(config: PipelineConfig) -> None:
     """Catch what would fail minutes later: unreadable seeds, a curator that does not import, a missing or broken
-    suite, a missing or refused API key, an endpoint nobody answers, a store that cannot be written."""
+    suite, a missing or refused API key, an endpoint nobody answers, a store that cannot be written, a prices file
+    that does not read."""
+    from alignflow.engine.lease import expires_s
     from alignflow.engine.store import Store
     from alignflow.quality.curate import resolve
 
+    expires_s()  # a bad ALIGNFLOW_LEASE_EXPIRES_S is a LeaseHeld line, before anything is written
     load_seeds(config.seeds)
     resolve(config.instructions.curate)
     resolve(config.responses.curate)
@@ -28,6 +31,9 @@ def _preflight(config: PipelineConfig) -> None:
         from alignflow.quality.expectations import require_suites
 
         require_suites(config.gate.suites)
+        from alignflow.quality.contamination import index_for
+
+        index_for(config.gate.decontaminate)  # every benchmark file read, and its text column found
     if config.constitution.enabled:
         from alignflow.stages.constitution import load_constitution
 
@@ -35,8 +41,20 @@ def _preflight(config: PipelineConfig) -> None:
     for llm in config.llms():
         llm.api_key()
     from alignflow.llm.preflight import check_endpoints
+    from alignflow.llm.prices import load_prices
 
     check_endpoints(config.llms())
+    load_prices(config.prices)
+
+
+def _prove(config: PipelineConfig, run_id: str) -> None:
+    """One minimal call to each endpoint whose models list does not name its model, unless it has answered this run:
+    a refusal is one line before Prefect starts (the flow records the endpoints that answered)."""
+    from alignflow.engine.run import Run
+    from alignflow.llm.preflight import prove_endpoints
+
+    run = Run(config, run_id)
+    prove_endpoints(config.llms(), run.dir.read_json(run.dir.endpoints_key, []))
 
 
 
@@ -72,9 +90,11 @@ def _resumable(config: PipelineConfig, run_id: str, allowed: list[str] | None) -
 
 
 def cmd_run(args) -> int:
-    from alignflow.engine.lease import LeaseHeld
+    from alignflow.engine.lease import LeaseHeld, LeaseLost
     from alignflow.engine.run import RunIdError, check_run_id, new_run_id
     from alignflow.engine.store import StoreError
+    from alignflow.llm.refused import EndpointRefused
+    from alignflow.quality.contamination import BenchmarkError
     from alignflow.quality.curate import CurateError
     from alignflow.quality.expectations import SuiteError
     from alignflow.stages.changes import ConfigChanged
@@ -86,26 +106,32 @@ def cmd_run(args) -> int:
         _preflight(config)
         if args.run_id:
             _resumable(config, run_id, allowed)
+        _prove(config, run_id)
     except (ConfigError, SeedError, ConstitutionError, SuiteError, LeaseHeld, ConfigChanged, RunIdError,
-            StoreError, CurateError) as exc:
+            StoreError, CurateError, BenchmarkError) as exc:
         return _fail(str(exc))
     from rich.console import Console
 
     from alignflow.cli import launch, progress_bars
     from alignflow.engine import progress
 
+    failure: tuple[str, int] | None = None  # said once the progress bars are gone, so it is the last line
     with progress_bars.RichProgress(Console(stderr=True)) as sink:
         progress.set_sink(sink)
         try:
             manifest = launch.launcher().pipeline(config, run_id, allowed)
-        except (LeaseHeld, ConfigChanged) as exc:  # found before anything was written
-            return _fail(str(exc))
+        except (LeaseHeld, ConfigChanged, EndpointRefused) as exc:  # found before anything was written, or a stop
+            failure = str(exc), 2
+        except LeaseLost as exc:  # another writer took the run over while this one was paused
+            failure = str(exc), EXIT_TAKEN_OVER
         except KeyboardInterrupt:
-            return _fail(f"run {run_id} interrupted; the same command with `--run-id {run_id}` resumes it", 130)
+            failure = f"run {run_id} interrupted; the same command with `--run-id {run_id}` resumes it", 130
         except Exception as exc:  # the flow run's own error, already logged by Prefect
-            return _fail(f"run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1)
+            failure = f"run {run_id} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", 1
         finally:
             progress.set_sink(None)
+    if failure:
+        return _fail(*failure)
     _print_summary(manifest)
     if manifest.get("stopped"):
         return _fail(f"run {run_id} stopped: {manifest['stopped']}", EXIT_STOPPED)
@@ -133,7 +159,7 @@ def _print_summary(manifest: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from alignflow.engine.manifest import dollars, inconsistent_line, model_table, table
+    from alignflow.engine.manifest import counting_lines, dollars, inconsistent_line, model_table, screened_lines, table
 
     console = Console()
     console.width = max(console.width, 120)  # the tables fit when output goes to a file or a narrow pipe
@@ -147,8 +173,11 @@ def _print_summary(manifest: dict) -> None:
         for row in rows[1:]:
             out.add_row(*row)
         console.print(out)
-    if line := inconsistent_line(manifest):
-        print(line.replace("`", ""))
+    for line in [*counting_lines(manifest), inconsistent_line(manifest)]:
+        if line:
+            print(line.replace("`", ""))
+    for line in screened_lines(manifest):
+        print(f"gate: {line}")
     for stage, review in (manifest.get("review") or {}).items():
         if found := review.get("agreement"):
             print(f"judge vs reviewer ({stage}): {found['text']}; where the judge was least sure: "
@@ -165,14 +194,40 @@ def cmd_inspect(args) -> int:
 
     try:
         store, run_id = open_run_dir(args.run_dir)
+        run = RunDir(store, run_id)
+        where = store.join(run.manifest_key)
+        found = run.read_json(run.manifest_key)
+        counted = found is None
+        if counted:
+            where = f"the checkpoints of {run.url}"
+            found = manifest.build(store, run_id)
     except RunDirError as exc:
         return _fail(str(exc))
-    if found := RunDir(store, run_id).read_json(RunDir(store, run_id).manifest_key):
-        _print_summary(found)
-    else:
-        _print_summary(manifest.build(store, run_id))
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+        return _fail(f"{where}: not a manifest alignflow wrote: not valid JSON ({type(exc).__name__})")
+    if problem := _unshowable(found):
+        return _fail(f"{where}: not a manifest alignflow wrote ({problem})")
+    _print_summary(found)
+    if counted:
         print(f"(no manifest.json yet: counted from the batches {run_id} has finished)")
     return 0
+
+
+def _unshowable(found) -> str | None:
+    """Why `_print_summary` cannot show `found` (a manifest.json of the wrong shape, or hand-edited), or None. It is
+    tried on a buffer first, so a bad file prints its one line and no half table: the summary itself is the check of
+    every field it reads."""
+    import contextlib
+    import io
+
+    if not isinstance(found, dict):
+        return f"a JSON {type(found).__name__}, not an object"
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _print_summary(found)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+    return None
 
 
 def cmd_expectations_check(args) -> int:
@@ -180,8 +235,11 @@ def cmd_expectations_check(args) -> int:
     from alignflow.quality.expectations import check_dir, suite_dir
 
     directory = suite_dir(args.dir)
-    if not directory.is_dir():
-        return _fail(f"no expectations directory at {directory}")
+    try:
+        if not directory.is_dir():
+            return _fail(f"no expectations directory at {directory}")
+    except OSError as exc:  # a name too long
+        return _fail(f"no expectations directory at {abbreviated(str(directory))} ({exc.strerror})")
     files, problems = check_dir(directory)
     for problem in problems:
         print(problem, file=sys.stderr)
@@ -224,12 +282,11 @@ def parser(extra=()) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None, extra=()) -> int:
-    args = parser(extra).parse_args(argv)
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        return _fail("interrupted; run the same command again (with the same --run-id) to resume", 130)
+def main(argv: list[str] | None = None, extra=(), errors: tuple[type[Exception], ...] = ()) -> int:
+    """`extra`: the orchestrator's commands (each a `register(subparsers)`), `errors`: its user errors."""
+    from alignflow.cli.errors import guarded
+
+    return guarded(lambda: parser(extra).parse_args(argv), errors)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ class RichProgress:
         return self
 
     def __exit__(self, *exc):
+        if not self._tasks:  # nothing was asked for (a run refused at its start): no frame of idle endpoints is left
+            self._progress.live.transient = True
         self._progress.stop()
 
     def start(self, stage: str, total: int) -> None:

@@ -87,11 +87,15 @@ def _read_decisions(path: str) -> dict:
     from alignflow.review.decisions import ReviewError
 
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8"))  # YAML reads JSON too
-    except OSError as exc:
-        raise ReviewError(f"cannot read decisions file {path}: {exc.strerror}") from None
+        with open(path, encoding="utf-8") as file:
+            data = yaml.safe_load(file)  # YAML reads JSON too
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or exc.reason
+        raise ReviewError(f"cannot read decisions file {path}: {reason}") from None
     except yaml.YAMLError as exc:
         raise ReviewError(f"{path}: not valid JSON or YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ReviewError(f"{path}: not valid JSON or YAML (nested too deep)") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, (str, dict)) for k, v in data.items()):
         raise ReviewError(f"{path}: expected a mapping of row id to a decision (`swap`, or {{decision: edit, text: ...}})")
     return data

@@ -2,7 +2,8 @@
 
 Keys are relative, "/"-separated paths such as ``run1/instructions/kept/batch-00000.parquet``.
 Every write is atomic: locally a hidden temp file in the same directory is renamed into place,
-on S3 the object is sent in a single PUT. A missing key raises FileNotFoundError naming its full URL.
+on S3 the object is sent in a single PUT. The one exception is a local `Appender` (a batch's answer log), whose
+reader ignores a torn last line. A missing key raises FileNotFoundError naming its full URL.
 """
 from __future__ import annotations
 
@@ -40,13 +41,77 @@ class Conflict(Exception):
 
 
 class StoreError(Exception):
-    """A store that cannot be written: one line saying why."""
+    """A store that cannot be used (its URL) or written: one line saying why."""
+
+
+STORES = "a local path or s3://bucket/prefix"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+# AWS's rules, which S3-compatible servers follow: 3-63 lowercase letters, digits, dots, hyphens; a letter or digit
+# at each end
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_url(url: str) -> tuple[str, str]:
+    """The bucket and key prefix of a store URL, checked: one that names no store alignflow can use is a StoreError
+    naming it (`gs://...` or `file://` is not taken for a local directory named `gs:`, nor `s3:///x` for a bucket
+    named `s3:`). ("", path) for a local path."""
+    from alignflow.config import abbreviated
+    from alignflow.llm.remote import redact
+
+    shown = redact(abbreviated(url))
+    if not url.strip():
+        raise StoreError(f"the store is empty: give {STORES}")
+    if not url.startswith("s3://"):
+        if ":" not in url.split("/", 1)[0]:
+            return "", url
+        scheme = _SCHEME.match(url)
+        named = f"unknown scheme {scheme[1]!r}" if scheme else "not a path (a ':' before the first '/') nor a URL"
+        raise StoreError(f"store {shown!r}: {named}; a store is {STORES}")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise StoreError(f"store {shown!r} names no bucket: give s3://bucket/prefix")
+    if "@" in bucket:
+        raise StoreError(f"store {shown!r}: the URL holds a user name or password; S3 credentials come from the "
+                         "AWS_* environment variables, never from the URL")
+    if not _BUCKET.match(bucket):
+        raise StoreError(f"store {shown!r}: {abbreviated(bucket)!r} is not a valid S3 bucket name (3 to 63 "
+                         "lowercase letters, digits, dots and hyphens, a letter or digit at each end)")
+    return bucket, prefix.rstrip("/")
 
 
 def _dir_prefix(key_prefix: str) -> str:
     """A key prefix as a directory: no leading slash, one trailing slash (empty for the root)."""
     key_prefix = key_prefix.strip("/")
     return f"{key_prefix}/" if key_prefix else ""
+
+
+class Appender:
+    """A local file only ever added to. Each `write` is handed to the OS at once, so a killed process loses none of
+    it (the kernel writes it out); `sync` is fsync, which a power loss needs too and which costs a disk flush."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._dir_synced = False
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+        if not self._dir_synced:  # the file's name in its directory, once
+            directory = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            self._dir_synced = True
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class _Local:
@@ -80,6 +145,9 @@ class _Local:
 
     def read_bytes(self, key: str) -> bytes:
         return self._existing(key).read_bytes()
+
+    def appender(self, key: str) -> Appender:
+        return Appender(self.root / key)
 
     def read_parquet(self, key: str) -> pl.DataFrame:
         return pl.read_parquet(self._existing(key))
@@ -172,14 +240,15 @@ class _S3:
         import boto3
 
         self.url, self.patience_s = url.rstrip("/"), patience_s
-        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
-        if not self.bucket:
-            raise ValueError(f"no bucket in store URL {url!r}")
+        self.bucket, prefix = parse_url(url)
         self.prefix = _dir_prefix(prefix)
         self.client = boto3.client("s3")  # reads AWS_ENDPOINT_URL, credentials and region from the env
 
     def join(self, key: str) -> str:
         return f"{self.url}/{key}" if key else self.url
+
+    def appender(self, key: str) -> None:
+        return None  # an object is written whole, never added to
 
     def _object_key(self, key: str) -> str:
         return self.prefix + key
@@ -299,7 +368,7 @@ class Store:
 
     def __init__(self, url: str):
         self.url = url
-        self._backend = _S3(url) if url.startswith("s3://") else _Local(url)
+        self._backend = _S3(url) if parse_url(url)[0] else _Local(url)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
@@ -319,6 +388,10 @@ class Store:
     def read_parquet(self, key: str) -> pl.DataFrame:
         """Read one parquet file."""
         return self._backend.read_parquet(key)
+
+    def scan_parquet(self, key: str) -> pl.LazyFrame:
+        """One parquet file as a lazy query: it is read only as far as the query needs (its columns, its rows)."""
+        return self._backend.scan_parquet(key)
 
     def row_count(self, key: str) -> int:
         """Rows of one parquet file, read from its metadata."""
@@ -351,9 +424,22 @@ class Store:
         data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
         self._backend.write(key, lambda f: f.write(data))
 
+    def write_text(self, key: str, text: str) -> None:
+        """Write ``text`` as UTF-8 atomically."""
+        data = text.encode()
+        self._backend.write(key, lambda f: f.write(data))
+
     def read_json(self, key: str) -> Any:
         """Parse the JSON at ``key``."""
         return json.loads(self._backend.read_bytes(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._backend.read_bytes(key)
+
+    def appender(self, key: str) -> Appender | None:
+        """A file at ``key`` to add to, write by write (`Appender`); None where a file can only be written whole
+        (S3). Unlike every other write, an append is not atomic: a reader must expect a torn last write."""
+        return self._backend.appender(key)
 
     def exists(self, key: str) -> bool:
         """Whether a file is stored at ``key``."""
@@ -377,19 +463,23 @@ class Store:
         removes no directory, so two runs starting at once on a new store cannot pull one out from under the other."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        if not self.url.startswith("s3://") and Path(self.url).exists() and not Path(self.url).is_dir():
-            raise StoreError(f"the store {self.url} is a file, not a directory")
+        from alignflow.config import abbreviated
+        from alignflow.llm.remote import redact
+
         key = f".alignflow-probe-{uuid.uuid4().hex}"
-        if self.url.startswith("s3://"):
-            backend = _S3(self.url, patience_s=0)  # a check answers at once
-        else:
-            backend = _Local(str(_nearest_existing(Path(self.url))))
         try:
+            if not self.url.startswith("s3://") and Path(self.url).exists() and not Path(self.url).is_dir():
+                raise StoreError(f"the store {self.url} is a file, not a directory")
+            if self.url.startswith("s3://"):
+                backend = _S3(self.url, patience_s=0)  # a check answers at once
+            else:
+                backend = _Local(str(_nearest_existing(Path(self.url))))
             backend.write(key, lambda f: f.write(b"probe"))
             backend.delete(key)
         except (OSError, BotoCoreError, ClientError) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
-            raise StoreError(f"cannot write to the store {self.url}: {reason}") from None
+            # botocore's reason whole (a bad parameter is said on the lines after "Parameter validation failed:")
+            reason = getattr(exc, "strerror", None) or abbreviated(" ".join(str(exc).split()), 400)
+            raise StoreError(f"cannot write to the store {redact(abbreviated(self.url))}: {redact(reason)}") from None
 
     def read_json_versioned(self, key: str) -> tuple[Any, str] | None:
         """The JSON at `key` and its version (an ETag on S3), or None when there is none."""
@@ -422,19 +512,30 @@ class RunDirError(ValueError):
 def open_run_dir(run_dir: str) -> tuple[Store, str]:
     """The store holding a run directory (`<store>/<run_id>`, a local path or an s3:// URL), and the run id. A run
     is a directory with a manifest, a lease, or a stage written, finished or not."""
-    url = run_dir.rstrip("/")
-    if url.startswith("s3://"):
+    from alignflow.config import abbreviated
+
+    url, shown = run_dir.rstrip("/"), abbreviated(run_dir)
+    try:
+        bucket, prefix = parse_url(url)
+    except StoreError as exc:
+        raise RunDirError(f"not a run directory: {exc}") from None
+    if bucket:
+        if not prefix:
+            raise RunDirError(f"not a run directory: {shown} is a bucket; give s3://bucket/<store>/<run_id>")
         parent, _, run_id = url.rpartition("/")
-        if parent in ("s3:", "s3:/"):
-            raise RunDirError(f"not a run directory: {run_dir} is a bucket; give s3://bucket/<store>/<run_id>")
     else:
         path = Path(url)
-        if not path.is_dir():
-            raise RunDirError(f"no such run directory: {run_dir}")
+        try:
+            if not path.is_dir():
+                raise RunDirError(f"no such run directory: {shown}")
+            if (path / "manifest.json").is_dir():
+                raise RunDirError(f"not a run directory: {shown}/manifest.json is a directory, not a manifest")
+        except OSError as exc:  # a name too long for the file system
+            raise RunDirError(f"no such run directory: {shown} ({exc.strerror})") from None
         parent, run_id = str(path.resolve().parent), path.resolve().name
     store = Store(parent)
     if not RunDir(store, run_id).is_run():
-        raise RunDirError(f"not a run directory (no manifest.json, no stage written): {run_dir}")
+        raise RunDirError(f"not a run directory (no manifest.json, no stage written): {shown}")
     return store, run_id
 
 
@@ -452,9 +553,10 @@ class RunDir:
         <run>/<stage>/{kept,rejected,failed,quarantine}/batch-NNNNN.parquet   a batch's rows, by outcome
         <run>/<stage>/quarantine/batch-NNNNN.json                           a quarantined batch's gate report
         <run>/<stage>/checkpoints/batch-NNNNN.json                          a finished batch's record
-        <run>/<stage>/answers/batch-NNNNN/part-*.jsonl                      the answers of a batch being made
+        <run>/<stage>/answers/batch-NNNNN/log-*.jsonl, part-*.parquet      the answers of a batch being made
         <run>/<stage>/stage.json                                            the stage's definition when made
-        <run>/{manifest,lease,review,quarantine}.json, <run>/datasets/NAME.parquet
+        <run>/{manifest,lease,review,quarantine}.json, <run>/datasets/NAME.parquet, <run>/datasets/README.md
+        <run>/endpoints.json                                                the endpoints known to answer the run
     """
 
     def __init__(self, store: Store, run_id: str):
@@ -496,6 +598,11 @@ class RunDir:
         return f"{self.run_id}/datasets"
 
     @property
+    def card_key(self) -> str:
+        """The datasets' card, in the Hugging Face dataset-card format, beside them."""
+        return f"{self.run_id}/datasets/README.md"
+
+    @property
     def manifest_key(self) -> str:
         return f"{self.run_id}/manifest.json"
 
@@ -511,6 +618,12 @@ class RunDir:
     def quarantine_key(self) -> str:
         """The hand decisions on quarantined batches, outside every stage directory (a stage rewrites its own)."""
         return f"{self.run_id}/quarantine.json"
+
+    @property
+    def endpoints_key(self) -> str:
+        """The digests of the endpoints known to answer this run, so that a resume does not make preflight's call
+        again."""
+        return f"{self.run_id}/endpoints.json"
 
     @property
     def prefix(self) -> str:

@@ -10,12 +10,13 @@ import re
 import time
 from dataclasses import dataclass
 
+from alignflow.config import abbreviated
 from alignflow.engine.outputs import read_decisions
 from alignflow.engine.store import RunDir, RunDirError, Store, batch_key, open_run_dir
 from alignflow.quality.gate import QUARANTINE, GateResult
 
 PAST = {"release": "released", "drop": "dropped"}
-_BATCH = re.compile(r"^(?P<stage>[a-z_]+)/(?:batch-)?(?P<number>\d+)$")
+_BATCH = re.compile(r"^(?P<stage>[a-z_]+)/(?:batch-)?(?P<number>\d{1,9})$")  # a batch number, not 5,000 digits
 
 
 class QuarantineError(Exception):
@@ -73,7 +74,7 @@ def parse_batch(name: str) -> tuple[str, int]:
     """`responses/3` or `responses/batch-00003` → ("responses", 3)."""
     match = _BATCH.match(name.strip().strip("/"))
     if not match:
-        raise QuarantineError(f"BATCH must look like responses/3 or responses/batch-00003, not {name!r}")
+        raise QuarantineError(f"BATCH must look like responses/3 or responses/batch-00003, not {abbreviated(name)!r}")
     return match["stage"], int(match["number"])
 
 

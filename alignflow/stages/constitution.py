@@ -93,6 +93,8 @@ def load_constitution(path: str | Path) -> Constitution:
         raise ConstitutionError(f"cannot read constitution {path}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
     except yaml.YAMLError as exc:
         raise ConstitutionError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConstitutionError(f"{path}: not valid YAML (nested too deep)") from None
     return parse_constitution(data, source=str(path), default_name=path.stem)
 
 

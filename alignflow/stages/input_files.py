@@ -1,4 +1,9 @@
-"""A user's input file (seeds, prompts, pairs) read line by line: every problem is one line naming the place."""
+"""A user's input file (seeds, prompts, pairs) read line by line: every problem is one line naming the place.
+
+What goes into a prompt or a Parquet file is checked here, for every such file: no control character but tab (NUL
+ends C strings, the others are invisible), no lone surrogate from a broken `\\ud800` escape, nothing nested deeper
+than the JSON parser can follow.
+"""
 from __future__ import annotations
 
 import gzip
@@ -6,6 +11,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from alignflow.config import abbreviated, unfit_character
 
 
 def lines(path: str | Path, what: str, error: type[Exception]) -> Iterator[tuple[str, str]]:
@@ -18,17 +25,48 @@ def lines(path: str | Path, what: str, error: type[Exception]) -> Iterator[tuple
               else open(path, encoding="utf-8-sig")) as file:
             text = file.read()
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise error(f"cannot read {what} file {path}: {exc}") from None
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            yield f"{path}:{number}", line.strip()
+        reason = getattr(exc, "strerror", None) or exc
+        raise error(f"cannot read {what} file {abbreviated(str(path))}: {reason}") from None
+    # lines end at "\n" only: str.splitlines would also cut at U+2028 or a form feed, inside a JSON string
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.strip().lstrip("\ufeff").strip()  # a mark also starts each file of several concatenated
+        if not line:
+            continue
+        place = f"{path}:{number}"
+        if problem := unfit_character(line):
+            raise error(f"{place}: holds {problem}; a prompt cannot carry it")
+        yield place, line
 
 
 def parse(place: str, line: str, error: type[Exception]) -> Any:
+    """A JSON line's value; its texts are checked as the file's lines are (a JSON escape can make any character)."""
     try:
-        return json.loads(line)
+        value = json.loads(line)
     except json.JSONDecodeError as exc:
         raise error(f"{place}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise error(f"{place}: nested too deep to read (arrays or objects inside each other ~1,000 levels)") from None
+    stack = [value]
+    while stack:  # not recursive: the value may be nested as deep as the parser could follow
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+        elif isinstance(item, str) and (problem := unfit_character(item)):
+            raise error(f"{place}: a JSON string holds {problem}; a prompt cannot carry it")
+    return value
+
+
+def is_json(line: str) -> bool:
+    """Whether a line is a JSON value (a plain-text line is not)."""
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    except RecursionError:
+        return True
+    return True
 
 
 def records(path: str | Path, what: str, error: type[Exception]) -> Iterator[tuple[str, Any]]:

@@ -30,11 +30,20 @@ def load_seeds(path: str | Path) -> pl.DataFrame:
     return frame(rows, "seeds").unique("id", keep="first", maintain_order=True)
 
 
+JSON_KINDS = {list: "a JSON array", str: "a JSON string", int: "a JSON number", float: "a JSON number",
+              bool: "JSON true or false", type(None): "JSON null"}
+
+
 def _instruction(line: str, place: str) -> str:
-    if not line.startswith("{"):
+    """A seed line's task: a JSON object's `instruction` (with its first instance's input), or the line itself when
+    it is plain text; a line that is JSON but not an object (`[...]`, `null`, `3`, `"text"`) is a mistake."""
+    if not line.startswith("{") and not input_files.is_json(line):
         return line
     record = input_files.parse(place, line, SeedError)
-    if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+    if not isinstance(record, dict):
+        raise SeedError(f"{place}: {JSON_KINDS[type(record)]}, not an object; a seed line is a JSON object with an "
+                        "`instruction`, or plain text")
+    if not isinstance(record.get("instruction"), str):
         raise SeedError(f"{place}: no `instruction` string")
     text = record["instruction"].strip()
     instances = record.get("instances") or []
