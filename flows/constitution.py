@@ -10,7 +10,7 @@ from alignflow.stages.constitution import load_constitution
 from flows import deployed
 from flows.batches import run_stage, writing
 from tasks.constitution import write_cai_datasets, write_cai_labels
-from tasks.stages import start_run, write_manifest
+from tasks.stages import STOPS, refusal_state, start_run, write_card, write_manifest
 
 
 @flow(name="constitution")
@@ -25,10 +25,14 @@ def constitution_flow(config: PipelineConfig, run_id: str, prompts: str | None =
     options = {"constitution": load_constitution(config.constitution.file), "initial": initial_llm, "prompts": prompts}
     options["constitution"].check_rounds(config.constitution.rounds)
     with writing(run):
-        start_run(run, ["revisions"], {"revisions": options}, ["revisions"])
-        rows = run_stage(run, "revisions", options)
+        try:
+            start_run(run, ["revisions"], {"revisions": options}, ["revisions"])
+            rows = run_stage(run, "revisions", options)
+        except STOPS as exc:  # the run stops with its one line, no traceback; the same run id resumes
+            return refusal_state(exc)
         datasets = write_cai_datasets(run)
         write_manifest(run)
+        write_card(run)
     get_run_logger().info("revisions: %s; datasets: %s", rows, datasets)
     return {"rows": rows, "datasets": datasets}
 
@@ -42,10 +46,14 @@ def cai_labels_flow(config: PipelineConfig, run_id: str, pairs: str | None = Non
     run = Run(deployed.config_of(config, None), run_id)
     options = {"constitution": load_constitution(config.constitution.file), "pairs": pairs}
     with writing(run):
-        start_run(run, ["cai_labels"], {"cai_labels": options}, ["cai_labels"])
-        rows = run_stage(run, "cai_labels", options)
+        try:
+            start_run(run, ["cai_labels"], {"cai_labels": options}, ["cai_labels"])
+            rows = run_stage(run, "cai_labels", options)
+        except STOPS as exc:
+            return refusal_state(exc)
         labelled = write_cai_labels(run)
         write_manifest(run)
-    ties = int(run.dir.read(cai_labels.STAGE)["tie"].sum())
+        write_card(run)
+        ties = int(run.dir.read(cai_labels.STAGE)["tie"].sum())
     get_run_logger().info("labels: %s, %d ties", rows, ties)
     return {"rows": rows, "ties": ties, "datasets": {"cai_labels": labelled}}

@@ -131,10 +131,23 @@ def _deploy(name: str, project: Path, pool: str, config: dict[str, Any], nightly
     parameters = {} if flow_name == "export" else {"config": config}
     schedules = [Cron(nightly, timezone="UTC")] if deployment_name == "nightly" else None
     with contextlib.redirect_stdout(io.StringIO()):  # Prefect's own table per deployment: ours is one line
-        flow.deploy(deployment_name, work_pool_name=pool, parameters=parameters, description=description,
-                    schedules=schedules, tags=["alignflow"], build=False, push=False, print_next_steps=False,
-                    ignore_warnings=True)
+        deployment_id = flow.deploy(deployment_name, work_pool_name=pool, parameters=parameters,
+                                    description=description, schedules=schedules, tags=["alignflow"], build=False,
+                                    push=False, print_next_steps=False, ignore_warnings=True)
+    _refuse_unknown_parameters(deployment_id)
     return f"deployment {name}: {entrypoint}" + (f", nightly at {nightly} UTC" if schedules else "")
+
+
+def _refuse_unknown_parameters(deployment_id) -> None:
+    """Prefect's parameter schema lets a run name a parameter the flow does not have: the API takes it (201) and
+    the run crashes in the worker. With the schema closed, the API refuses it (409, naming it), as it refuses an
+    unknown key inside `config`."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        schema = client.read_deployment(deployment_id).parameter_openapi_schema
+        client.request("PATCH", "/deployments/{id}", path_params={"id": deployment_id},
+                       json={"parameter_openapi_schema": {**schema, "additionalProperties": False}})
 
 
 def _automations(notify: str | None) -> list[str]:

@@ -13,7 +13,7 @@ from alignflow.engine.target import Target
 from flows import deployed
 from flows.batches import writing
 from flows.runner import BatchRunner, batch_runner
-from tasks.stages import budget_stop, start_run
+from tasks.stages import STOPS, budget_stop, refusal_state, start_run
 
 
 class Rounds:
@@ -62,8 +62,11 @@ def instructions_flow(config: PipelineConfig, run_id: str, allow_config_change: 
     if target.dataset != "instructions":
         raise ValueError(f"instructions.target names the {target.dataset} dataset: run the pipeline to make it")
     with writing(run), batch_runner(run.config) as runner:
-        start_run(run, ["seeds", "instructions"], {}, allow_config_change)
-        return _rounds(run, runner, target)
+        try:
+            start_run(run, ["seeds", "instructions"], {}, allow_config_change)
+            return _rounds(run, runner, target)
+        except STOPS as exc:  # the run stops with its one line, no traceback; the same run id resumes
+            return refusal_state(exc)
 
 
 def _rounds(run: Run, runner: BatchRunner, target: Target) -> int:

@@ -24,8 +24,8 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from alignflow.config import PipelineConfig
-from alignflow.engine.run import Run
+from alignflow.config import ConfigError, PipelineConfig
+from alignflow.engine.run import Run, RunIdError
 from alignflow.engine.step import BatchRef
 from alignflow.engine.target import COUNTED_BY, Target
 from alignflow.review import decisions as review
@@ -39,14 +39,15 @@ from flows.review import review_stages
 from flows.runner import BatchRunner, batch_runner
 from tasks.constitution import write_cai_datasets
 from tasks.report import (
-    QUARANTINE_STATE,
     RunProgress,
     announce_completed,
     final_state,
+    outcome_tags,
     publish_summary,
     publish_traffic,
+    run_location,
 )
-from tasks.stages import budget_stop, start_run, write_datasets, write_manifest
+from tasks.stages import STOPS, budget_stop, refusal_state, start_run, write_card, write_datasets, write_manifest
 
 # batches in flight at once; each waits on the process-wide endpoint limits, so more threads add no requests
 WORKERS = 16
@@ -81,7 +82,9 @@ class Chains:
         return future
 
     def finished(self, stage: str) -> list[dict[str, Any]]:
-        return [f.result() for f in self.futures[stage] if f.wrapped_future.done()]
+        """The records of the batches done: one the budget stopped, or one that never ran (its upstream stopped), has
+        none."""
+        return [f.result() for f in self.futures[stage] if f.wrapped_future.done() and f.state.is_completed()]
 
     def pending_instructions(self, stage: str) -> int:
         """Instructions in chains whose `stage` batch is not done yet."""
@@ -173,7 +176,8 @@ def _stopped(run: Run, runner: BatchRunner, chains: Chains, stopped: str):
 def _awaiting_review(run: Run, waiting: list[str]):
     """Only a run with no deployment stops here: one with a deployment suspends instead."""
     summary = write_manifest(run, {"stopped": f"waiting for review of {', '.join(waiting)}: `alignflow review "
-                                              f"{run.url}` shows the sample and records the decision; then resume",
+                                              f"{run_location(run.store, run.run_id)}` shows the sample and records "
+                                              "the decision; then resume",
                                    "review": review.summary(run)})
     publish_summary(run.store, summary)
     return Completed(name="Awaiting review", message=summary["stopped"], data=summary)
@@ -209,10 +213,16 @@ def pipeline(config: PipelineConfig, run_id: str | None = None, allow_config_cha
         allow_config_change: stages a changed config may make again on a resumed run (others refuse).
         overrides: dotted `KEY=VALUE` settings applied last, as `alignflow run --set` takes them.
     """
-    run = Run(deployed.config_of(config, overrides), deployed.run_id_of(run_id))
+    try:
+        run = Run(deployed.config_of(config, overrides), deployed.run_id_of(run_id))
+    except (ConfigError, RunIdError) as exc:
+        return deployed.refused(exc)
     deployed.tag(run.run_id)
     with writing(run), batch_runner(run.config) as runner:
-        return _pipeline(run, runner, allow_config_change)
+        try:
+            return _pipeline(run, runner, allow_config_change)
+        except STOPS as exc:  # the run stops with its one line, no traceback; the same run id resumes
+            return refusal_state(exc)
 
 
 def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | None):
@@ -271,10 +281,11 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
     summary = write_manifest(run, {"target": target.report(made, rounds.stopped_by), "stopped": None,
                                    "endpoints": runner.traffic(config),
                                    **({"review": reviews} if reviews else {})})
+    write_card(run)  # datasets/README.md, from the manifest just written
     publish_traffic(summary)
     progress.update(1.0)
-    state = final_state(run.store, run.run_id, summary)  # Completed, naming any quarantined batch
+    state = final_state(run.store, run.run_id, summary)  # Completed, saying whether it is empty or has quarantine
     announce_completed(run.store, summary)
-    if state.name == QUARANTINE_STATE:
-        deployed.tag(run.run_id, "quarantine")
+    if tags := outcome_tags(run.store, run.run_id, summary):
+        deployed.tag(run.run_id, *tags)
     return state

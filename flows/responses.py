@@ -7,6 +7,7 @@ from alignflow.config import PipelineConfig
 from alignflow.engine.run import Run
 from flows import deployed
 from flows.batches import run_stage, writing
+from tasks.stages import STOPS, refusal_state
 
 
 @flow(name="responses")
@@ -14,4 +15,7 @@ def responses_flow(config: PipelineConfig, run_id: str) -> int:
     """Responses for every kept instruction of the run; returns how many responses are kept."""
     run = Run(deployed.config_of(config, None), run_id)
     with writing(run):
-        return run_stage(run, "responses")["kept"]
+        try:
+            return run_stage(run, "responses")["kept"]
+        except STOPS as exc:  # the run stops with its one line, no traceback; the same run id resumes
+            return refusal_state(exc)

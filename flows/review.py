@@ -21,6 +21,7 @@ from pydantic import Field, create_model
 from alignflow.engine.run import Run
 from alignflow.review import decisions as review
 from alignflow.review.shown import markdown
+from tasks.report import run_location
 
 
 class ReviewInput(RunInput):
@@ -122,9 +123,9 @@ def _ask(run: Run, stage: str, entry: dict) -> str:
     drawn = ("drawn at random" if len(entry.get("random", entry["sample"])) == len(entry["sample"]) else
              f"{len(entry['random'])} drawn at random, the rest where the judge is least sure")
     return (f"### Review {stage} of run `{run.run_id}`\n\n{len(entry['sample'])} of the {entry['rows']} rows, {drawn} "
-            f"(all of them: `{run.url}/{stage}/kept`). Decide each row below ({choices}; default `keep`), and the "
-            f"stage: `approve` sends on every row not dropped, `reject` none. With no answer by {deadline}, the run "
-            f"decides `{run.config.review.on_timeout}`.\n")
+            f"(all of them: `{run_location(run.store, run.run_id)}/{stage}/kept`). Decide each row below ({choices}; "
+            f"default `keep`), and the stage: `approve` sends on every row not dropped, `reject` none. With no answer "
+            f"by {deadline}, the run decides `{run.config.review.on_timeout}`.\n")
 
 
 def _short(value, limit: int = 400):

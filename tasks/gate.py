@@ -24,14 +24,16 @@ def artifact_key(result: GateResult) -> str:
     return gate_artifact_key(result.stage, result.batch)
 
 
-def publish(result: GateResult | None, run_id: str) -> None:
-    """Show a gated batch in Prefect; for a new quarantine also emit the event, and raise under `fail`."""
+def publish(result: GateResult | None, run_id: str, run_url: str | None = None) -> None:
+    """Show a gated batch in Prefect; for a new quarantine also emit the event (with `run_url`, where the run is),
+    and raise under `fail`."""
     if result is None:
         return
     create_markdown_artifact(markdown=result.markdown(), key=artifact_key(result), description=result.summary()[:500])
     if not result.quarantined or result.dropped:  # passed, released, or a person already decided it stays out
         return
-    emit_event(EVENT, resource=_resource(result, run_id), related=_related(result), payload=_payload(result, run_id))
+    emit_event(EVENT, resource=_resource(result, run_id), related=_related(result),
+               payload=_payload(result, run_id) | {"run_url": run_url})
     logger().warning("gate: %s", result.summary())
     if result.policy == "fail":
         raise GateFailed(result.summary())

@@ -2,8 +2,12 @@
 link to its manifest (how a caller finds its output), its cost and traffic, the `alignflow.run.completed` event,
 and its final state.
 
-A run with batches in quarantine ends in a Completed state named `Completed with quarantine`, its message naming
-them: still a COMPLETED state type, so what waits for a completed run still runs, but seen at a glance in the UI.
+A run that made no rows of a dataset ends in a Completed state named `Empty: no <dataset> rows`, its message saying
+which stage emptied it, and a run with batches in quarantine in one named `Completed with quarantine`, its message
+naming them: still COMPLETED state types (as `alignflow run`, the run did not fail: it exits 3 for an empty run), but
+seen at a glance in the runs list, and tagged (`empty`, `quarantine`) so a filter finds them. Only a run with rows in
+every dataset says so on its `alignflow.run.completed` event (`alignflow.empty: "false"`), which the shipped export
+automation matches: an empty run is not exported.
 """
 from __future__ import annotations
 
@@ -23,12 +27,15 @@ from prefect.logging import get_logger
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
-from alignflow.engine.manifest import summary_markdown, traffic_markdown
+from alignflow.engine.manifest import empty_datasets, summary_markdown, traffic_markdown, why_empty
 from alignflow.engine.store import RunDir, Store
 from alignflow.review import quarantine
+from alignflow.stages.registry import made_through
 
 COMPLETED = "alignflow.run.completed"
 QUARANTINE_STATE = "Completed with quarantine"
+QUARANTINE_TAG = "quarantine"
+EMPTY_TAG = "empty"
 
 
 class RunProgress:
@@ -85,20 +92,36 @@ def publish_traffic(manifest: dict) -> None:
 
 def final_state(store: Store, run_id: str, manifest: dict) -> State:
     """What the pipeline flow returns: Completed with the manifest as its result (callers of `pipeline(...)` get
-    the dict); `Completed with quarantine` when batches wait in quarantine."""
+    the dict); `Empty: no <dataset> rows` when a dataset has none, `Completed with quarantine` when batches wait in
+    quarantine."""
+    url = run_location(store, run_id)
     message = quarantine.state_message(store, run_id)
     publish_summary(store, manifest, message)
     if message:
-        logger().warning("%s; see `alignflow quarantine list %s`", message, store.join(run_id))
+        logger().warning("%s; see `alignflow quarantine list %s`", message, url)
+    if empty := empty_datasets(manifest):
+        why = f"run {run_id} made no {empty[0]} rows: {why_empty(manifest, empty[0], made_through(empty[0]), url)}"
+        logger().warning(why)
+        return Completed(name=f"Empty: no {empty[0]} rows", message=why, data=manifest)
+    if message:
         return Completed(name=QUARANTINE_STATE, message=message, data=manifest)
     return Completed(data=manifest)
 
 
+def outcome_tags(store: Store, run_id: str, manifest: dict) -> list[str]:
+    """The tags a person filters the runs list by: `quarantine` when batches wait in quarantine, `empty` when a
+    dataset has no rows (both can hold)."""
+    return [tag for tag, holds in ((QUARANTINE_TAG, quarantine.state_message(store, run_id)),
+                                   (EMPTY_TAG, empty_datasets(manifest))) if holds]
+
+
 def announce_completed(store: Store, manifest: dict) -> None:
-    """`alignflow.run.completed`, with where the run and its datasets are: what the export automation acts on."""
+    """`alignflow.run.completed`, with where the run and its datasets are, and whether one has no rows: what the
+    export automation acts on (`alignflow.empty: "false"` only)."""
     run_id, url = manifest["run_id"], run_location(store, manifest["run_id"])
+    empty = "true" if empty_datasets(manifest) else "false"  # a resource label is a string
     emit_event(COMPLETED, resource={"prefect.resource.id": f"alignflow.run.{run_id}", "prefect.resource.name": run_id,
-                                    "alignflow.run": run_id},
+                                    "alignflow.run": run_id, "alignflow.empty": empty},
                related=run_context(), payload={"run_id": run_id, "run_url": url, "datasets": manifest["datasets"],
                                                "files": {name: f"{url}/datasets/{name}.parquet"
                                                          for name in manifest["datasets"]}})

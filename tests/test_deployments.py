@@ -110,12 +110,14 @@ def deployed(prefect_api, project, webhook, tmp_path_factory):
     assert f"cd {project} && PREFECT_API_URL={prefect_api} prefect worker start --pool alignflow" in out.stdout
     worker_env = {**env, "OPENAI_API_KEY": "sk-worker-secret", "PREFECT_WORKER_QUERY_SECONDS": "1",
                   "ALIGNFLOW_CACHE_DIR": str(tmp_path_factory.mktemp("worker-cache")),
-                  "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+                  "PREFECT_WORKER_PREFETCH_SECONDS": "1", "PYTHONUNBUFFERED": "1"}  # its log file as it prints
     log = open(tmp_path_factory.mktemp("worker") / "worker.log", "w")
     worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "alignflow"], cwd=project, env=worker_env,
                               stdout=log, stderr=subprocess.STDOUT)
+    api = API(base_url=prefect_api, timeout=30)
+    api.worker_log = Path(log.name)  # what the worker prints: Prefect's lines for each flow run it runs
     try:
-        yield API(base_url=prefect_api, timeout=30)
+        yield api
     finally:
         worker.terminate()
         worker.wait(30)
@@ -482,3 +484,99 @@ def test_instructions_are_curated_in_the_ui_form_before_any_response_is_asked_fo
     assert "Explain how tides work, in three sentences." in set(responses["instruction"])
     gone = pl.read_parquet(store / run_id / "instructions/rejected/*.parquet").filter(pl.col("id") == sample[dropped])
     assert gone["reason"].to_list() == ["dropped by reviewer"]
+
+
+def settled(api: API, flow_run_id: str, timeout: float = 300) -> dict:
+    """The flow run once it is in a final state, whichever."""
+    deadline = time.time() + timeout
+    while (run := api.get(f"/flow_runs/{flow_run_id}").raise_for_status().json())["state"]["type"] not in (
+            "COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.time() < deadline, f"flow run {flow_run_id} is still {run['state']['name']}"
+        time.sleep(1)
+    return run
+
+
+def exports_of(api: API, run_dir: str) -> list[dict]:
+    export = deployment_id(api, "export/on-demand")
+    runs = api.post("/flow_runs/filter", json={"deployments": {"id": {"any_": [export]}}})
+    return [r for r in runs.raise_for_status().json() if r["parameters"].get("run_dir") == run_dir]
+
+
+def test_a_run_that_made_no_rows_says_so_and_is_not_exported(deployed, project, tmp_path):
+    """Every batch quarantined, nobody asked (gate.ask off): the run is Completed but named and tagged empty, its
+    messages name the run by where it is (not the relative store of the config), and the export automation, which
+    fires for a run with datasets, does not fire; the export flow started by hand on it ends with one line."""
+    api = deployed
+    suites = tmp_path / "suites"
+    shutil.copytree(ROOT / "expectations", suites)
+    suite = json.loads((suites / "responses.json").read_text())
+    for expectation in suite["expectations"]:
+        if expectation["type"] == "expect_column_value_lengths_to_be_between":
+            expectation["kwargs"]["max_value"] = 40  # the test server's answers are longer: every batch fails
+    (suites / "responses.json").write_text(json.dumps(suite))
+    pipeline = deployment_id(api, "pipeline/on-demand")
+    with LLMTestServer() as llm:
+        flow_run_id = start(api, llm, Path("runs-empty"), gate={"suites": str(suites), "ask": False})
+        done = settled(api, flow_run_id)
+    run_id = run_id_of(done)
+    run_dir = f"{project}/runs-empty/{run_id}"  # the worker's store, relative to its project directory
+    asked = json.loads(Path(run_dir, "manifest.json").read_text())["stages"]["responses"]["inputs"]
+    assert (done["state"]["type"], done["state"]["name"], done["state"]["message"]) == (
+        "COMPLETED", "Empty: no dpo rows", f"run {run_id} made no dpo rows: the responses stage kept none of its "
+                                           f"{asked} inputs ({asked} quarantined) (see `alignflow quarantine list "
+                                           f"{run_dir}`)")
+    assert {"alignflow", f"run:{run_id}", "empty", "quarantine"} <= set(done["tags"])
+    assert f"- run directory: `{run_dir}`" in artifact(api, flow_run_id, "run-summary")["data"]
+
+    # the completed event reached the server, saying the run is empty; the export automation let it pass
+    deadline = time.time() + 60
+    while not (events := api.post("/events/filter", json={"filter": {
+            "event": {"name": ["alignflow.run.completed"]}, "resource": {"id": [f"alignflow.run.{run_id}"]}}}
+            ).raise_for_status().json()["events"]):
+        assert time.time() < deadline, "no alignflow.run.completed event"
+        time.sleep(1)
+    assert events[0]["resource"]["alignflow.empty"] == "true" and events[0]["payload"]["run_url"] == run_dir
+    time.sleep(10)  # an automation acts within a second or two of its event
+    assert exports_of(api, run_dir) == []
+
+    # the shipped quarantine automation paused the deployment: resume it for the tests after this one
+    while not api.get(f"/deployments/{pipeline}").json()["paused"]:
+        assert time.time() < deadline + 60, "the quarantine automation did not pause the deployment"
+        time.sleep(1)
+    api.post(f"/deployments/{pipeline}/resume_deployment").raise_for_status()
+
+    export = api.post(f"/deployments/{deployment_id(api, 'export/on-demand')}/create_flow_run",
+                      json={"parameters": {"run_dir": run_dir}})
+    failed = settled(api, export.raise_for_status().json()["id"])
+    assert (failed["state"]["type"], failed["state"]["message"]) == (
+        "FAILED", f"alignflow: jsonl export of {run_dir}: nothing to export: run {run_id} has no kept pairs")
+
+
+def test_a_misspelled_override_fails_the_run_at_its_first_step_in_one_line(deployed, tmp_path):
+    """The API checks parameters against the flow's schema (409 naming what is wrong, a parameter the flow does not
+    have included); `overrides` are strings it takes as they are, so a misspelled key fails the run, in one line."""
+    api = deployed
+    pipeline = deployment_id(api, "pipeline/on-demand")
+    for parameters, said in (({"config": {"llm": {"rpm": "many"}}}, "config.llm.rpm"),
+                             ({"config": {"llm": {"modle": "m"}}}, "'modle' was unexpected"),
+                             ({"overides": ["llm.rpm=60"]}, "'overides' was unexpected")):
+        refused = api.post(f"/deployments/{pipeline}/create_flow_run", json={"parameters": parameters})
+        assert refused.status_code == 409 and said in refused.json()["detail"], refused.text
+    assert api.post(f"/deployments/{pipeline}/create_flow_run", json={"parameters": []}).status_code == 422
+
+    logged = api.worker_log.stat().st_size
+    store = tmp_path / "store"
+    with LLMTestServer() as llm:
+        flow_run_id = start(api, llm, store, ["instructions.targt=40"])
+        failed = settled(api, flow_run_id)
+        assert llm.requests == 0
+    assert (failed["state"]["type"], failed["state"]["message"]) == (
+        "FAILED", "alignflow: overrides parameter: instructions.targt: unknown key (did you mean instructions.target?)")
+    assert not store.exists()  # refused before anything was written
+    deadline = time.time() + 60
+    while "Finished in state Failed" not in (log := api.worker_log.read_bytes()[logged:].decode()):
+        assert time.time() < deadline, log
+        time.sleep(1)
+    time.sleep(2)  # the worker's own lines after the flow run's
+    log = api.worker_log.read_bytes()[logged:].decode()
+    assert "Traceback" not in log and "ERROR" not in log, log

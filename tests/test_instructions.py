@@ -35,10 +35,14 @@ class CountingAnswers:
     """Answers structured requests the way the server does by default, and counts the candidates it hands out."""
 
     def __init__(self) -> None:
-        self.candidates = 0
+        self.candidates = self.preflight = 0
         self._lock = threading.Lock()
 
-    def __call__(self, req: dict, kind: str) -> dict:
+    def __call__(self, req: dict, kind: str) -> dict | None:
+        if "response_format" not in req:  # preflight's one-token call: the server lists no such model
+            with self._lock:
+                self.preflight += 1
+            return None
         schema = req["response_format"]["json_schema"]["schema"]
         payload = generate_from_schema(schema, random.Random(json.dumps(req, sort_keys=True)))
         with self._lock:
@@ -126,7 +130,8 @@ def test_a_thousand_novel_instructions_and_every_rejection_on_disk(prefect_serve
         assert len(row["parent_ids"]) == 8 and len(machine) == 2
         assert set(row["parent_ids"]) - set(machine) <= set(seeds["id"])
 
-    assert sum(r["inputs"] for r in run.dir.checkpoints("instructions")) == requests
+    assert answers.preflight == 1
+    assert sum(r["inputs"] for r in run.dir.checkpoints("instructions")) == requests - answers.preflight
 
 
 def test_rounds_stop_at_the_round_limit_and_dedup_can_be_off(prefect_server, tmp_path):
@@ -152,3 +157,17 @@ def test_only_the_last_task_of_a_cut_off_answer_is_truncated(tmp_path):
     assert [r["reason"] for r in rows] == [None, None, "truncated generation (finish reason length)"]
     assert {r["round"] for r in rows} == {3} and all(r["parent_ids"] == job.data.parent_ids for r in rows)
     assert len({r["id"] for r in rows}) == 3
+
+
+@pytest.mark.parametrize("target, sent", [(40, 40), (100, 71), ({"dataset": "dpo", "rows": 40}, 71)])
+def test_the_instructions_sent_on_are_those_the_responses_stage_takes(target, sent):
+    """A target of N instructions sends the first N kept on (the rest stay, kept past the target); a dataset target
+    sends all: as the responses stage plans its batches."""
+    from alignflow.stages.instructions import sent_on
+    from alignflow.stages.responses import Plan
+
+    config = parse_config({"instructions": {"target": target}})
+    plan = Plan(config)
+    for number, kept in enumerate((30, 41)):
+        plan.add({"number": number, "counts": {"kept": kept}})
+    assert sent_on(config, 71) == plan.instructions == sent

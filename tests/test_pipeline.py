@@ -2,6 +2,7 @@
 import asyncio
 import hashlib
 import json
+import re
 import time
 
 import polars as pl
@@ -98,6 +99,29 @@ def test_missing_api_key(monkeypatch, capsys):
     monkeypatch.delenv("OPENAI_API_KEY")
     assert main(["run", "configs/quickstart.yaml", "--set", "llm.provider=openai"]) == 2
     assert "OPENAI_API_KEY" in capsys.readouterr().err
+
+
+def test_the_summary_says_what_each_count_counts_and_names_the_instructions_kept_past_the_target(tmp_path, capsys):
+    from alignflow.engine.manifest import summary_markdown
+
+    with LLMTestServer() as server:  # ten tasks a prompt: the round that reaches the target of 12 keeps more
+        assert run_cli(server, tmp_path, "--set", "instructions.per_prompt=10") == 0
+    out = capsys.readouterr().out
+    manifest = manifest_of(tmp_path)
+    instructions, responses = manifest["stages"]["instructions"], manifest["stages"]["responses"]
+    kept, past = instructions["kept"], instructions["kept_past_target"]
+    assert (instructions["inputs_are"], instructions["rows_are"]) == ("prompts", "instructions")
+    assert instructions["sent_on"] == 12 and past == kept - 12 > 0
+    assert responses["inputs"] == 12 * 2 and responses["inputs_are"] == "responses asked for"  # two samples each
+    said = [f"instructions: its {instructions['inputs']} inputs are prompts, one request each; the other counts are "
+            "instructions (a failed request is one failed row)",
+            f"instructions: 12 of the {kept} kept were sent on to the next stage; {past} kept past the target, "
+            "not sent on", "every other stage: each input ends as one row, kept, rejected, failed or quarantined"]
+    assert all(line in out.splitlines() for line in said), out
+    assert re.search(rf"│ instructions +│ +{instructions['inputs']} prompts │ +{kept} │", out), out
+    markdown = summary_markdown(manifest, str(tmp_path / "store" / "r1"))
+    assert all(f"- {line}" in markdown.splitlines() for line in said)
+    assert f"| instructions | {instructions['inputs']} prompts | {kept} |" in markdown
 
 
 def test_inspect(tmp_path, capsys):

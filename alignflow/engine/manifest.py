@@ -6,6 +6,7 @@ no batch file is read.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from alignflow.engine.store import RunDir, Store
@@ -13,13 +14,26 @@ from alignflow.llm.prices import Prices, load_prices
 from alignflow.records import OUTCOMES
 
 SUMMED = ("inputs", "requests", "cached", "input_tokens", "output_tokens")
+# what a stage's `inputs` count, and what its outcomes (kept, rejected, failed, quarantine) count. Each input ends as
+# one row, but in the instructions stage, whose inputs are prompts: each proposes several instructions, or fails as one.
+COUNTED = {"seeds": ("seed tasks", "seed tasks"), "instructions": ("prompts", "instructions"),
+           "responses": ("responses asked for", "responses"), "judgments": ("responses", "judgments"),
+           "pairs": ("candidate pairs", "pairs"), "revisions": ("answers", "revisions"),
+           "cai_labels": ("pairs", "labels")}
+PROPOSING = {"instructions"}  # stages whose inputs do not each end as one row
+DATASETS = ("dpo", "sft", "kto", "cai_sft", "cai_dpo")  # as `alignflow run` names them
 
 
 def stage_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     counts = {o: sum(r["counts"][o] for r in records) for o in OUTCOMES}
     counts |= {k: sum(r.get(k) or 0 for r in records) for k in SUMMED}
-    if any("inconsistent" in r for r in records):  # judgments whose `overall` contradicts the aspects (Notus)
-        counts["inconsistent"] = sum(r.get("inconsistent") or 0 for r in records)
+    # judgments whose `overall` contradicts the aspects (Notus); the gate's own checks, when they ran
+    for key in ("inconsistent", "contaminated", "pii_rejected", "pii_redacted"):
+        if any(key in r for r in records):
+            counts[key] = sum(r.get(key) or 0 for r in records)
+    for key in ("contaminated_by", "pii_kinds"):
+        if any(key in r for r in records):
+            counts[key] = dict(sum((Counter(r.get(key) or {}) for r in records), Counter()))
     counts["batches"] = len(records)
     counts["quarantined_batches"] = sum(r.get("gate") in ("quarantined", "dropped") for r in records)
     return counts
@@ -47,12 +61,24 @@ def spending(store: Store, run_id: str, prices: Prices) -> dict[str, dict[str, A
     return {stage: costs(records, prices) for stage, records in RunDir(store, run_id).stages().items()}
 
 
-def build(store: Store, run_id: str, extra: dict[str, Any] | None = None, prices: Prices | None = None) -> dict:
+def sending(kept: int, sent_on: int | None) -> dict[str, Any]:
+    """How many of a stage's kept rows the next stage took, and the rest: rows kept past the target, not sent on."""
+    return {} if sent_on is None else {"sent_on": sent_on, "kept_past_target": kept - sent_on}
+
+
+def build(store: Store, run_id: str, extra: dict[str, Any] | None = None, prices: Prices | None = None,
+          sent_on: dict[str, int] | None = None) -> dict:
+    """`sent_on`: per stage, how many of its kept rows the next stage takes, where it takes fewer than all (the
+    instructions a target of N instructions sends on): only the pipeline knows it, from the config."""
     prices = prices or load_prices()
     stages, by_model = {}, {}
     for stage, records in RunDir(store, run_id).stages().items():
         spent = costs(records, prices)
-        stages[stage] = stage_counts(records) | {"cost_usd": spent["cost_usd"], "by_model": spent["by_model"]}
+        counts = stage_counts(records)
+        inputs_are, rows_are = COUNTED.get(stage, ("inputs", "rows"))
+        stages[stage] = {**counts, "cost_usd": spent["cost_usd"], "by_model": spent["by_model"],
+                         "inputs_are": inputs_are, "rows_are": rows_are,
+                         **sending(counts["kept"], (sent_on or {}).get(stage))}
         for key, entry in spent["by_model"].items():
             total = by_model.setdefault(key, {**entry, "requests": 0, "input_tokens": 0, "output_tokens": 0,
                                               "cost_usd": 0.0})
@@ -69,11 +95,12 @@ def build(store: Store, run_id: str, extra: dict[str, Any] | None = None, prices
             "datasets": datasets, "tokens": tokens, "cost_usd": cost, "by_model": by_model, **(extra or {})}
 
 
-def write(store: Store, run_id: str, extra: dict[str, Any] | None = None, prices: Prices | None = None) -> dict:
+def write(store: Store, run_id: str, extra: dict[str, Any] | None = None, prices: Prices | None = None,
+          sent_on: dict[str, int] | None = None) -> dict:
     """Count the run again; what an earlier write added (`extra`, e.g. the target) stays unless given anew."""
     key = RunDir(store, run_id).manifest_key
     before = store.read_json(key) if store.exists(key) else {}
-    manifest = build(store, run_id, prices=prices)
+    manifest = build(store, run_id, prices=prices, sent_on=sent_on)
     manifest = {**{k: v for k, v in before.items() if k not in manifest}, **manifest, **(extra or {})}
     store.write_json(key, manifest)
     return manifest
@@ -83,10 +110,17 @@ def dollars(cost: float | None) -> str:
     return "?" if cost is None else f"${cost:,.4f}" if cost < 1 else f"${cost:,.2f}"
 
 
+def inputs_cell(stage: str, counts: dict) -> str:
+    """A stage's inputs, with what they are where they are not its rows (the instructions stage's prompts)."""
+    inputs = str(counts.get("inputs", ""))
+    return f"{inputs} {COUNTED[stage][0]}" if stage in PROPOSING and inputs else inputs
+
+
 def table(manifest: dict) -> list[list[str]]:
+    """Rows per stage and outcome; `counting_lines` says what the numbers count."""
     rows = [["stage", "inputs", *OUTCOMES, "batches q.", "tokens in", "tokens out", "cost"]]
     for stage, counts in manifest["stages"].items():
-        rows.append([stage, str(counts.get("inputs", "")), *(str(counts.get(o, 0)) for o in OUTCOMES),
+        rows.append([stage, inputs_cell(stage, counts), *(str(counts.get(o, 0)) for o in OUTCOMES),
                      str(counts.get("quarantined_batches", 0)),
                      str(counts.get("input_tokens", 0)), str(counts.get("output_tokens", 0)),
                      dollars(counts.get("cost_usd")) if counts.get("by_model") else "-"])
@@ -102,8 +136,15 @@ def model_table(manifest: dict) -> list[list[str]]:
     return rows
 
 
-def why_empty(manifest: dict, dataset: str, made_through: tuple[str, ...]) -> str:
-    """Which of the stages a dataset is made through (in order) emptied it, and how its rows ended, in one line."""
+def empty_datasets(manifest: dict) -> list[str]:
+    """The datasets the run wrote without a row, in the order `alignflow run` names them (it exits 3 on the first)."""
+    empty = [name for name, rows in manifest["datasets"].items() if not rows]
+    return sorted(empty, key=lambda name: DATASETS.index(name) if name in DATASETS else len(DATASETS))
+
+
+def why_empty(manifest: dict, dataset: str, made_through: tuple[str, ...], run_url: str = "") -> str:
+    """Which of the stages a dataset is made through (in order) emptied it, and how its rows ended, in one line;
+    `run_url` goes in the command it suggests."""
     for stage in made_through:
         counts = manifest["stages"].get(stage)
         if counts is None:
@@ -111,7 +152,8 @@ def why_empty(manifest: dict, dataset: str, made_through: tuple[str, ...]) -> st
         if counts["kept"] == 0:
             ended = ", ".join(f"{counts[o]} {o if o != 'quarantine' else 'quarantined'}"
                               for o in ("rejected", "failed", "quarantine") if counts[o])
-            hint = " (see `alignflow quarantine list`)" if counts["quarantine"] else ""
+            command = f"alignflow quarantine list {run_url}".strip()
+            hint = f" (see `{command}`)" if counts["quarantine"] else ""
             return f"the {stage} stage kept none of its {counts['inputs']} inputs ({ended or 'none made'}){hint}"
     return "every stage kept rows, but none made a row of it"
 
@@ -127,6 +169,40 @@ def traffic_markdown(manifest: dict) -> str:
         lines.append(f"| {e['endpoint']} | {e['requests']} | {e['throttled']} ({e['throttled_share']:.0%}) | "
                      f"{e['cap_now']} / {e['lowest_cap']} / {e['cap']} | {e['peak_in_flight']} | {e['paused_s']} |")
     return "\n".join(lines) + "\n"
+
+
+def counting_lines(manifest: dict) -> list[str]:
+    """What the table's numbers count, where a stage's inputs are not its rows, and the rows a stage kept that the
+    next one did not take (instructions kept past the target)."""
+    lines = []
+    for stage, counts in manifest["stages"].items():
+        if stage in PROPOSING:
+            inputs_are, rows_are = COUNTED[stage]
+            lines.append(f"{stage}: its {counts['inputs']:,} inputs are {inputs_are}, one request each; the other "
+                         f"counts are {rows_are} (a failed request is one failed row)")
+        if past := counts.get("kept_past_target"):
+            lines.append(f"{stage}: {counts['sent_on']:,} of the {counts['kept']:,} kept were sent on to the next "
+                         f"stage; {past:,} kept past the target, not sent on")
+    if lines:
+        lines.append("every other stage: each input ends as one row, kept, rejected, failed or quarantined")
+    return lines
+
+
+def screened_lines(manifest: dict) -> list[str]:
+    """Per stage, what the gate's own checks found: rows contaminated by a benchmark, rows with personal data."""
+    lines = []
+    for stage, counts in manifest["stages"].items():
+        found = []
+        if "contaminated" in counts:
+            by = ", ".join(f"{name} {n}" for name, n in sorted((counts.get("contaminated_by") or {}).items()))
+            found.append(f"{counts['contaminated']} contaminated, rejected" + (f" ({by})" if by else ""))
+        if "pii_redacted" in counts or "pii_rejected" in counts:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted((counts.get("pii_kinds") or {}).items()))
+            found.append(f"personal data or secrets: {counts.get('pii_redacted', 0)} rows redacted, "
+                         f"{counts.get('pii_rejected', 0)} rejected" + (f" ({kinds})" if kinds else ""))
+        if found:
+            lines.append(f"{stage}: {'; '.join(found)}")
+    return lines
 
 
 def inconsistent_line(manifest: dict) -> str | None:
@@ -157,8 +233,12 @@ def summary_markdown(manifest: dict, run_url: str, quarantine: str | None = None
     header, *rows = table(manifest)
     lines += ["", f"| {' | '.join(header)} |", "|---|" + "---:|" * (len(header) - 1)]
     lines += [f"| {' | '.join(row)} |" for row in rows]
+    if counted := counting_lines(manifest):
+        lines += ["", *(f"- {line}" for line in counted)]
     if line := inconsistent_line(manifest):
         lines += ["", line]
+    if screened := screened_lines(manifest):
+        lines += ["", "The gate's own checks (gate.decontaminate, gate.pii):", "", *(f"- {line}" for line in screened)]
     if gates:
         lines += ["", "Gate verdicts, by stage (a batch links to its gate artifact):", ""]
         for stage, verdicts in gates.items():

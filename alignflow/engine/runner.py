@@ -21,6 +21,7 @@ from alignflow.engine import outputs
 from alignflow.engine.answers import AnswerLog
 from alignflow.engine.run import Run
 from alignflow.engine.step import Answer, Batch, BatchRef, Outcomes, Step
+from alignflow.llm.refused import refused_throughout
 from alignflow.quality.gate import GateResult
 from alignflow.records import content_hash, frame
 
@@ -60,7 +61,7 @@ def run_batch(run: Run, step: Step, ref: BatchRef) -> Done:
         "requests": len(results), "cached": sum(r.cached for r in results), "attempts": sum(r.attempts for r in results),
         "input_tokens": sum(r.input_tokens for r in results if r.paid),
         "output_tokens": sum(r.output_tokens for r in results if r.paid), "by_model": _by_model(answered),
-        "started": started, "finished": time.time(), **outcomes.notes,
+        "started": started, "finished": time.time(), **outcomes.notes, **(verdict.screens if verdict else {}),
     }
     run.dir.write_checkpoint(step.stage, ref.number, record)
     log.compact()
@@ -69,11 +70,17 @@ def run_batch(run: Run, step: Step, ref: BatchRef) -> Done:
 
 
 def _generate(run: Run, step: Step, batch: Batch, log: AnswerLog) -> list[Answer]:
-    """The step's requests, then its follow-ups, each phase all at once; known answers come from the log."""
+    """The step's requests, then its follow-ups, each phase all at once; known answers come from the log. A run another
+    writer has taken over asks nothing more (LeaseLost); an endpoint that refused every request of a phase stops the
+    run (EndpointRefused), as one that refuses a few in a row does in the client."""
     answered: list[Answer] = []
     jobs = step.jobs(batch)
     while jobs:
+        run.confirm_writer()
         results = run.generate([(job.llm, job.request) for job in jobs], step.stage, log)
+        if stop := refused_throughout(((job.llm.provider, job.llm.config.base_url, job.llm.model), result)
+                                      for job, result in zip(jobs, results)):
+            raise stop  # its answers are saved; no row, no checkpoint: the same run id resumes it
         phase = [Answer(job, result) for job, result in zip(jobs, results)]
         answered += phase
         jobs = step.more(batch, phase)

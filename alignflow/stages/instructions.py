@@ -17,6 +17,7 @@ from typing import Annotated
 import polars as pl
 from pydantic import BaseModel, Field
 
+from alignflow.config import PipelineConfig
 from alignflow.engine.step import Answer, Batch, BatchRef, Job, Outcomes, Step, ask, digest
 from alignflow.llm.client import LLM
 from alignflow.prompts import load
@@ -61,6 +62,13 @@ class Pool:
 
 _pools: dict[tuple[str, str], Pool] = {}
 _pools_lock = threading.Lock()
+
+
+def sent_on(config: PipelineConfig, kept: int) -> int:
+    """How many of the kept instructions go on to responses: with a target of N instructions the first N (the
+    round that reaches it may keep more: those stay in this stage), with a dataset target all of them."""
+    target = config.instructions.target
+    return min(kept, target) if isinstance(target, int) else kept
 
 
 def _sample_shown(rng: random.Random, human: list[dict], machine: list[dict], shown: int, shown_machine: int) -> list[dict]:
