@@ -1,6 +1,7 @@
 """The `alignflow` command: the domain's command line, with the Prefect flows registered to start its runs."""
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -130,12 +131,9 @@ class _SaidInOneLine(logging.Filter):
     terminal shows only that line; the log the Prefect server keeps is unchanged."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from alignflow.cli.errors import user_errors
-        from alignflow.engine.lease import LeaseLost
-        from alignflow.llm.refused import EndpointRefused
-        from tasks.stages import REFUSED, TAKEN_OVER, MissingLimit
+        from tasks.stages import REFUSED, TAKEN_OVER
 
-        said = (*user_errors(), *_user_errors(), MissingLimit, LeaseLost, EndpointRefused)
+        said = _said()
         # nor Prefect's line for a run one of them ended, nor, for a refused endpoint, for each batch the stop ended
         # or left waiting behind it
         message = record.getMessage()
@@ -144,6 +142,15 @@ class _SaidInOneLine(logging.Filter):
         stopped = message.startswith((f"Finished in state {REFUSED}(", f"Finished in state {TAKEN_OVER}(",
                                       "Finished in state NotReady("))
         return not (ended or stopped or record.exc_info and isinstance(record.exc_info[1], said))
+
+
+@functools.cache
+def _said() -> tuple[type[Exception], ...]:
+    """The exceptions the command says in one line itself (built once: the filter sees every log record)."""
+    from alignflow.cli.errors import user_errors
+    from tasks.stages import STOPS, MissingLimit
+
+    return (*user_errors(), *_user_errors(), MissingLimit, *STOPS)
 
 
 def _one_line_for_user_errors() -> None:

@@ -29,6 +29,7 @@ from alignflow.engine.run import Run, RunIdError
 from alignflow.engine.step import BatchRef
 from alignflow.engine.target import COUNTED_BY, Target
 from alignflow.review import decisions as review
+from alignflow.review import quarantine
 from alignflow.stages import registry
 from alignflow.stages.responses import Plan
 from flows import deployed
@@ -284,8 +285,9 @@ def _pipeline(run: Run, runner: BatchRunner, allow_config_change: list[str] | No
     write_card(run)  # datasets/README.md, from the manifest just written
     publish_traffic(summary)
     progress.update(1.0)
-    state = final_state(run.store, run.run_id, summary)  # Completed, saying whether it is empty or has quarantine
+    held = quarantine.state_message(run.store, run.run_id)  # listed once: the state and the tags say it
+    state = final_state(run.store, run.run_id, summary, held)  # Completed, saying whether it is empty or has quarantine
     announce_completed(run.store, summary)
-    if tags := outcome_tags(run.store, run.run_id, summary):
+    if tags := outcome_tags(summary, held):
         deployed.tag(run.run_id, *tags)
     return state

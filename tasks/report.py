@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -90,12 +91,15 @@ def publish_traffic(manifest: dict) -> None:
                              description=f"run {manifest['run_id']}: cost and provider traffic")
 
 
-def final_state(store: Store, run_id: str, manifest: dict) -> State:
+_READ: Any = object()  # final_state's `message` when the caller has not read it
+
+
+def final_state(store: Store, run_id: str, manifest: dict, message: str | None = _READ) -> State:
     """What the pipeline flow returns: Completed with the manifest as its result (callers of `pipeline(...)` get
     the dict); `Empty: no <dataset> rows` when a dataset has none, `Completed with quarantine` when batches wait in
-    quarantine."""
+    quarantine (`message`: `quarantine.state_message`, read here when not given)."""
     url = run_location(store, run_id)
-    message = quarantine.state_message(store, run_id)
+    message = quarantine.state_message(store, run_id) if message is _READ else message
     publish_summary(store, manifest, message)
     if message:
         logger().warning("%s; see `alignflow quarantine list %s`", message, url)
@@ -108,10 +112,10 @@ def final_state(store: Store, run_id: str, manifest: dict) -> State:
     return Completed(data=manifest)
 
 
-def outcome_tags(store: Store, run_id: str, manifest: dict) -> list[str]:
-    """The tags a person filters the runs list by: `quarantine` when batches wait in quarantine, `empty` when a
-    dataset has no rows (both can hold)."""
-    return [tag for tag, holds in ((QUARANTINE_TAG, quarantine.state_message(store, run_id)),
+def outcome_tags(manifest: dict, quarantined: str) -> list[str]:
+    """The tags a person filters the runs list by: `quarantine` when batches wait in quarantine (`quarantined`:
+    `quarantine.state_message`), `empty` when a dataset has no rows (both can hold)."""
+    return [tag for tag, holds in ((QUARANTINE_TAG, quarantined),
                                    (EMPTY_TAG, empty_datasets(manifest))) if holds]
 
 

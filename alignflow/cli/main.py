@@ -7,9 +7,9 @@ import sys
 
 from alignflow.cli import EXIT_EMPTY, EXIT_STOPPED, EXIT_TAKEN_OVER
 from alignflow.cli import fail as _fail
+from alignflow.cli.errors import user_errors
 from alignflow.config import ConfigError, PipelineConfig, abbreviated, load_config
-from alignflow.stages.constitution import ConstitutionError
-from alignflow.stages.seeds import SeedError, load_seeds
+from alignflow.stages.seeds import load_seeds
 
 COMMAND_GROUPS = ("dedup", "export", "quarantine", "review", "labels", "constitution", "agreement", "judge")
 
@@ -91,12 +91,8 @@ def _resumable(config: PipelineConfig, run_id: str, allowed: list[str] | None) -
 
 def cmd_run(args) -> int:
     from alignflow.engine.lease import LeaseHeld, LeaseLost
-    from alignflow.engine.run import RunIdError, check_run_id, new_run_id
-    from alignflow.engine.store import StoreError
+    from alignflow.engine.run import check_run_id, new_run_id
     from alignflow.llm.refused import EndpointRefused
-    from alignflow.quality.contamination import BenchmarkError
-    from alignflow.quality.curate import CurateError
-    from alignflow.quality.expectations import SuiteError
     from alignflow.stages.changes import ConfigChanged
 
     try:
@@ -107,8 +103,7 @@ def cmd_run(args) -> int:
         if args.run_id:
             _resumable(config, run_id, allowed)
         _prove(config, run_id)
-    except (ConfigError, SeedError, ConstitutionError, SuiteError, LeaseHeld, ConfigChanged, RunIdError,
-            StoreError, CurateError, BenchmarkError) as exc:
+    except user_errors() as exc:
         return _fail(str(exc))
     from rich.console import Console
 
@@ -137,7 +132,7 @@ def cmd_run(args) -> int:
         return _fail(f"run {run_id} stopped: {manifest['stopped']}", EXIT_STOPPED)
     if manifest.get("held"):
         return _fail(f"run {run_id} made no datasets: {manifest['held']}", EXIT_EMPTY)
-    from alignflow.engine.manifest import why_empty
+    from alignflow.engine.manifest import DATASETS, why_empty
     from alignflow.engine.store import Store
     from alignflow.stages.registry import made_through
 
@@ -148,7 +143,7 @@ def cmd_run(args) -> int:
         print(f"alignflow: target not reached: {target['made']:,} of {target['rows']:,} {target['dataset']} rows "
               f"({target['stopped_by']})", file=sys.stderr)
     print(run_dir)
-    asked = ["dpo", "sft", "kto", *(["cai_sft", "cai_dpo"] if config.constitution.enabled else [])]
+    asked = [name for name in DATASETS if config.constitution.enabled or not name.startswith("cai_")]
     empty = [name for name in asked if not manifest["datasets"].get(name)]
     if empty:
         return _fail(f"run {run_id} made no {empty[0]} rows: {why_empty(manifest, empty[0], made_through(empty[0]))}", EXIT_EMPTY)

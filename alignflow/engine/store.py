@@ -421,8 +421,7 @@ class Store:
 
     def write_json(self, key: str, obj: Any) -> None:
         """Write ``obj`` as JSON (indent 2, sorted keys) atomically."""
-        data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-        self._backend.write(key, lambda f: f.write(data))
+        self.write_text(key, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
     def write_text(self, key: str, text: str) -> None:
         """Write ``text`` as UTF-8 atomically."""

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from alignflow.config import ConfigError, LLMConfig
 from alignflow.llm import endpoint
 from alignflow.llm.client import LLM
+from alignflow.llm.refused import shown_url
 from alignflow.llm.remote import redact
 from alignflow.llm.types import ProviderError
 
@@ -88,7 +89,7 @@ def _path_problem(config: LLMConfig) -> str | None:
 
 
 async def _problem(config: LLMConfig) -> str | None:
-    url = redact(config.base_url) or f"the {config.provider} API"
+    url = shown_url(config)
     try:
         await endpoint.endpoint(config).backend.ping(min(config.timeout_s, PING_TIMEOUT_S))
     except ProviderError as exc:

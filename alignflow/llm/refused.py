@@ -35,6 +35,11 @@ def is_fatal(exc: ProviderError) -> bool:
     return exc.status in FATAL_STATUS
 
 
+def shown_url(config: LLMConfig) -> str:
+    """The endpoint as messages name it: its URL with credentials masked, or the provider's own API."""
+    return redact(config.base_url) or f"the {config.provider} API"
+
+
 def refusal(exc: ProviderError, config: LLMConfig, request: Request | None = None,
             asked: str | None = None) -> EndpointRefused:
     """The one line for a refusal of `request` (or of what `asked` says was asked): status, URL, model, key
@@ -43,7 +48,7 @@ def refusal(exc: ProviderError, config: LLMConfig, request: Request | None = Non
         phrase = HTTPStatus(exc.status).phrase
     except ValueError:
         phrase = "refused"
-    where = exc.url or redact(config.base_url) or f"the {config.provider} API"
+    where = exc.url or shown_url(config)
     key = config.key_env or "none"
     return EndpointRefused(f"the endpoint refused every request: {exc.status} {phrase} from {where} "
                            f"(model {config.model_name}, key {key}): {_hint(exc, config, request, asked)}")

@@ -46,12 +46,15 @@ class Screening:
         return counts
 
 
+def applies(stage: str, config: GateConfig) -> bool:
+    return config.enabled and stage in SCREENED and bool(config.decontaminate.benchmarks or config.pii != "off")
+
+
 def definition(stage: str, config: GateConfig) -> dict | None:
     """The checks as they shape a stage's rows, for its batch keys: None when none applies."""
-    if not (config.enabled and stage in SCREENED):
+    if not applies(stage, config):
         return None
-    checks = {"decontaminate": fingerprint(config.decontaminate), "pii": config.pii}
-    return checks if checks["decontaminate"] or config.pii != "off" else None
+    return {"decontaminate": fingerprint(config.decontaminate), "pii": config.pii}
 
 
 def screen(stage: str, outcomes: dict[str, pl.DataFrame], config: GateConfig
@@ -59,7 +62,7 @@ def screen(stage: str, outcomes: dict[str, pl.DataFrame], config: GateConfig
     """The batch's outcomes with contaminated (and, under `reject`, personal-data) kept rows moved to rejected,
     and personal data redacted under `redact`; None when no check applies or nothing was kept."""
     kept = outcomes.get("kept")
-    if kept is None or not kept.height or definition(stage, config) is None:
+    if kept is None or not kept.height or not applies(stage, config):
         return outcomes, None
     index = index_for(config.decontaminate)
     columns = tuple(c for c in SCREENED[stage] if c in kept.columns)

@@ -46,7 +46,7 @@ def parse(place: str, line: str, error: type[Exception]) -> Any:
         raise error(f"{place}: not valid JSON ({exc.msg})") from None
     except RecursionError:
         raise error(f"{place}: nested too deep to read (arrays or objects inside each other ~1,000 levels)") from None
-    stack = [value]
+    stack = [value] if "\\" in line else []  # without an escape, every text is in the line, checked already
     while stack:  # not recursive: the value may be nested as deep as the parser could follow
         item = stack.pop()
         if isinstance(item, dict):
