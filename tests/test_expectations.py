@@ -93,3 +93,63 @@ def test_an_edited_suite_file_is_loaded_again(tmp_path):
     path.write_text(json.dumps(suite))
     os.utime(path, ns=(1, 10**18))  # a new modification time even on a coarse clock
     assert len(load_suite(path).expectations) == 3 != before
+
+
+def test_the_shipped_gx_catalogue_is_what_the_installed_gx_says():
+    """The check before a run validates against this file instead of importing GX: it must not drift from GX."""
+    from alignflow.quality import gx_catalogue
+
+    assert json.loads(gx_catalogue.CATALOGUE.read_text()) == gx_catalogue.build()
+
+
+def _entry(kind, kwargs, **top):
+    return {"type": kind, "kwargs": kwargs, "meta": {}, **top}
+
+
+BETWEEN = "expect_column_values_to_be_between"
+BROKEN = {  # every one GX refuses too: the suite check before a run refuses each without importing GX
+    "an argument GX does not know": _entry(BETWEEN, {"column": "rating", "bogus": 1}),
+    "a required argument missing": _entry(BETWEEN, {"min_value": 1}),
+    "mostly above 1": _entry(BETWEEN, {"column": "rating", "mostly": 5}),
+    "mostly as a string": _entry(BETWEEN, {"column": "rating", "mostly": "0.9"}),
+    "a column that is a number": _entry(BETWEEN, {"column": 3}),
+    "meta that is not an object": _entry(BETWEEN, {"column": "rating"}, meta=3),
+    "a value set that is a string": _entry("expect_column_values_to_be_in_set", {"column": "rating", "value_set": "abc"}),
+    "an unknown condition parser": _entry("expect_column_values_to_not_be_null",
+                                          {"column": "id", "row_condition": "x", "condition_parser": "sql"}),
+    "an unknown result format": _entry("expect_column_values_to_not_be_null", {"column": "id", "result_format": "ALL"}),
+    "a row count that is a word": _entry("expect_table_row_count_to_equal", {"value": "ten"}),
+}
+DROPPED_BY_GX = {  # GX logs these and drops the expectation, so the gate would not check it: refused before a run
+    "an unknown type": _entry("expect_column_values_to_be_sparkly", {"column": "rating"}),
+    "an unknown severity": _entry("expect_column_values_to_not_be_null", {"column": "id"}, severity="fatal"),
+}
+
+
+@pytest.mark.parametrize("name", [*BROKEN, *DROPPED_BY_GX])
+def test_the_check_before_a_run_refuses_what_gx_refuses_without_importing_it(tmp_path, name):
+    from alignflow.quality.expectations import SuiteError, _build, suite_problems
+
+    suite = json.loads(Path("expectations/judgments.json").read_text())
+    assert suite_problems(tmp_path / "judgments.json", suite) == []  # the shipped suite passes both
+    _build(tmp_path / "judgments.json", suite)
+    suite["expectations"].append(BROKEN.get(name) or DROPPED_BY_GX[name])
+    problems = suite_problems(tmp_path / "judgments.json", suite)
+    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'judgments.json'}: expectation "
+                                                         f"{len(suite['expectations'])}")
+    if name in BROKEN:
+        with pytest.raises(SuiteError):
+            _build(tmp_path / "judgments.json", suite)
+    else:
+        assert len(_build(tmp_path / "judgments.json", suite).expectations) == len(suite["expectations"]) - 1
+
+
+def test_the_suite_check_before_a_run_does_not_import_gx(tmp_path):
+    """GX costs seconds to import: the command's check reads the suites with the catalogue, the gate imports GX."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from alignflow.quality.expectations import require_suites; require_suites(None); "
+            "import flows.pipeline; print(sorted(m for m in sys.modules if m.startswith('great_expectations'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

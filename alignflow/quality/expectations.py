@@ -2,7 +2,9 @@
 
 A suite validates one frame per batch: the stage's columns plus the derived columns the gate adds
 (`DERIVED`). Row-level checks name the rows they apply to with a GX row condition (e.g. kept rows only).
-Great Expectations is imported lazily, once per process: it costs seconds and most commands never need it.
+Great Expectations is imported lazily, once per process: it costs seconds and most commands never need it. The
+check before a run (`require_suites`) needs no GX at all: it validates each expectation's arguments against the
+JSON Schemas GX's own models publish (`gx_catalogue.json`); the gate's worker builds the suite with GX.
 """
 from __future__ import annotations
 
@@ -38,12 +40,57 @@ def suite_path(directory: str | Path | None, stage: str) -> Path:
 
 
 def require_suites(directory: str | Path | None, stages: tuple[str, ...] = GATED) -> None:
-    """Every gated stage has a suite that parses: a missing or broken one is a SuiteError naming its path."""
+    """Every gated stage has a suite GX would take: a missing or broken one is a SuiteError naming its path."""
     for stage in stages:
         path = suite_path(directory, stage)
         if not path.is_file():
             raise SuiteError(f"no expectation suite for the {stage} stage at {path} (gate.suites)")
-        load_suite(path)
+        if problems := suite_problems(path, _read(path)):
+            raise SuiteError(problems[0])
+
+
+# what GX's ExpectationConfiguration hands an expectation's model besides its kwargs
+ENTRY_FIELDS = ("id", "meta", "notes", "description", "rendered_content", "severity")
+
+
+def suite_problems(path: Path, data: dict) -> list[str]:
+    """Why GX would refuse the suite, found without GX: its shape, and each expectation's type and arguments."""
+    if not isinstance(data.get("name", ""), str) or not isinstance(data.get("expectations", []), list):
+        return [f"{path}: `name` must be a string and `expectations` a list"]
+    catalogue = _catalogue()
+    problems = []
+    for number, entry in enumerate(data.get("expectations", []), 1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) \
+                or not isinstance(entry.get("kwargs", {}), dict):
+            problems.append(f"{path}: expectation {number}: expected an object with a `type` and `kwargs`")
+            continue
+        validator = catalogue.get(entry["type"])
+        if validator is None:
+            problems.append(f"{path}: expectation {number}: unknown type {entry['type']!r}")
+            continue
+        arguments = {k: entry[k] for k in ENTRY_FIELDS if entry.get(k) is not None} | entry.get("kwargs", {})
+        error = next(iter(sorted(validator.iter_errors({k: v for k, v in arguments.items() if v is not None}),
+                                 key=lambda e: list(e.absolute_path))), None)
+        if error is not None:
+            where = ".".join(str(p) for p in error.absolute_path)
+            problems.append(f"{path}: expectation {number} ({entry['type']}): "
+                            f"{where + ': ' if where else ''}{error.message}")
+    return problems
+
+
+@lru_cache(maxsize=1)
+def _catalogue() -> dict[str, Any]:
+    """A validator per expectation type, from the shipped catalogue (see alignflow/quality/gx_catalogue.py)."""
+    from jsonschema import Draft7Validator, validators
+
+    from alignflow.quality.gx_catalogue import CATALOGUE
+
+    # GX's models are pydantic v1, which takes a boolean where a number is asked for (as Python does)
+    checker = Draft7Validator.TYPE_CHECKER.redefine_many({
+        "number": lambda _, v: isinstance(v, (int, float)), "integer": lambda _, v: isinstance(v, int)})
+    lenient = validators.extend(Draft7Validator, type_checker=checker)
+    types = json.loads(CATALOGUE.read_text(encoding="utf-8"))["expectations"]
+    return {name: lenient(schema) for name, schema in types.items()}
 
 
 def _read(path: Path) -> dict:
