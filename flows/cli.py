@@ -1,20 +1,12 @@
 """The `alignflow` command: the domain's command line, with the Prefect flows registered to start its runs."""
 from __future__ import annotations
 
-import atexit
-import ctypes
 import functools
 import importlib
-import importlib.util
 import logging
 import os
 import signal
-import socket
-import subprocess
 import sys
-import threading
-import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported when main runs: a Ctrl-C while they load is one line too
@@ -24,36 +16,14 @@ if TYPE_CHECKING:  # imported when main runs: a Ctrl-C while they load is one li
 class PrefectLauncher:
     """Runs start as Prefect flow runs: on the server PREFECT_API_URL names, else on a temporary local one."""
 
-    def __init__(self):
-        self._server: TemporaryServer | None = None
-        self._imported: threading.Thread | None = None
-
-    def prepare(self) -> None:
-        """The temporary server starts in its own process and the flows import in a thread, beside the preflight."""
-        if self._server is None and not os.environ.get("PREFECT_API_URL") and sys.platform.startswith("linux"):
-            self._server = TemporaryServer()
-        if self._imported is None:
-            self._imported = threading.Thread(target=_import_flows, name="alignflow-import", daemon=True)
-            self._imported.start()
-
-    def _ready(self) -> None:
-        """Wait for what `prepare` started (starting it now if nothing did)."""
-        self.prepare()
-        self._imported.join()
-        if self._server is not None:
-            self._server.wait()
-
     def pipeline(self, config: PipelineConfig, run_id: str, allow_config_change: list[str] | None) -> dict:
-        self._ready()
         return _start("flows.pipeline", "pipeline", config, run_id, allow_config_change)
 
     def constitution(self, config: PipelineConfig, run_id: str, prompts: str | None,
                      initial: LLMOverride | None) -> dict:
-        self._ready()
         return _start("flows.constitution", "constitution_flow", config, run_id, prompts=prompts, initial_llm=initial)
 
     def cai_labels(self, config: PipelineConfig, run_id: str, pairs: str | None) -> dict:
-        self._ready()
         return _start("flows.constitution", "cai_labels_flow", config, run_id, pairs=pairs)
 
     def resume_review(self, flow_run_id: str, stage: str, decision: dict) -> str:
@@ -79,6 +49,7 @@ class PrefectLauncher:
 
 def _start(module: str, name: str, *args, **kwargs) -> dict:
     """Calls a flow on a Prefect server; a flow run stopped by SIGINT or SIGTERM ends Cancelled, not Crashed."""
+    _serve()
     from prefect.exceptions import TerminationSignal
 
     from flows.batches import mark_interrupted
@@ -92,67 +63,37 @@ def _start(module: str, name: str, *args, **kwargs) -> dict:
         raise KeyboardInterrupt from None
 
 
-def _import_flows() -> None:
-    """What calling a flow imports first (Prefect, the flows): a second of CPU, done while the preflight waits on
-    the network and the disk. A module that fails to import fails again, with its error, when the flow is called."""
-    try:
-        importlib.import_module("flows.pipeline")
-        importlib.import_module("flows.constitution")
-    except Exception:
-        pass
+def _serve() -> None:
+    """Without PREFECT_API_URL, the temporary Prefect server Prefect would start, but one that dies with this
+    process: on Linux the kernel kills it when its parent goes, even by kill -9, so none is left behind
+    (elsewhere Prefect starts its own, stopped by its exit handler)."""
+    if os.environ.get("PREFECT_API_URL") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import socket
+    import subprocess
 
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"  # before Prefect reads its settings
+    from prefect.server.api.server import SubprocessASGIServer
 
-class TemporaryServer:
-    """Without PREFECT_API_URL, the temporary Prefect server Prefect would start (its own command line), started
-    at once and waited for only when a flow is called. It dies with this process: on Linux the kernel kills it when
-    its parent goes, even by kill -9, so none is left behind; a normal exit stops it."""
+    def die_with_parent() -> None:  # PR_SET_PDEATHSIG: SIGKILL, as a graceful stop can wait on the dead client
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
-    def __init__(self):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}/api"
-        os.environ["PREFECT_API_URL"] = self.url  # before Prefect reads its settings
-        prefect_dir = Path(importlib.util.find_spec("prefect").origin).parent  # found, not imported: that takes seconds
-        # Prefect's SubprocessASGIServer runs this command; its import alone costs this process 2 s
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(prefect_dir.parent), "--factory",
-             "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "error", "--lifespan", "on"],
-            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
-            preexec_fn=_die_with_parent)
-        atexit.register(self.stop)
-
-    def wait(self) -> None:
-        """Until the server answers its health check. Prefect waits 20 s; a busy 2-core machine can take longer,
-        and a run that fails to start is worse."""
-        import httpx
-
-        deadline = time.monotonic() + int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", 90))
-        with httpx.Client() as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}")
-                try:
-                    if client.get(f"{self.url}/health", timeout=2).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-                time.sleep(0.05)
-        raise RuntimeError(f"the temporary Prefect server did not answer at {self.url} in time")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+    class TemporaryServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            real = subprocess.Popen
+            subprocess.Popen = lambda *a, **kw: real(*a, preexec_fn=die_with_parent, **kw)
             try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = real
 
-
-def _die_with_parent() -> None:
-    """PR_SET_PDEATHSIG: SIGKILL, as a graceful stop can wait on the dead client."""
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    # Prefect waits 20 s for it; a busy 2-core worker can take longer, and a run that fails to start is worse
+    TemporaryServer(port=port).start(timeout=int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS",
+                                                                90)))
 
 
 def register_limits(sub) -> None:

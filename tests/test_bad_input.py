@@ -34,9 +34,6 @@ def server():
 class NoLauncher:
     """Stands in for Prefect: a case that gets as far as starting a flow has slipped through every check."""
 
-    def prepare(self):  # starts no flow: the Prefect server these tests do not need is what it would start
-        pass
-
     def __getattr__(self, name):
         raise AssertionError(f"bad input reached the flow ({name})")
 

@@ -41,9 +41,6 @@ def keys(monkeypatch):
 class NoLauncher:
     """Stands in for Prefect: a case preflight can find must not get as far as starting a flow."""
 
-    def prepare(self):  # starts no flow: the Prefect server these tests do not need is what it would start
-        pass
-
     def __getattr__(self, name):
         raise AssertionError(f"the refusal reached the flow ({name})")
 

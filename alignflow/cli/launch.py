@@ -9,9 +9,6 @@ from alignflow.config import LLMOverride, PipelineConfig
 
 
 class Launcher(Protocol):
-    def prepare(self) -> None:
-        """Start what starting a run waits on (a server, the flows' modules) in the background, while the command
-        checks the config: called once the config reads, before the preflight."""
     def pipeline(self, config: PipelineConfig, run_id: str, allow_config_change: list[str] | None) -> dict: ...
     def constitution(self, config: PipelineConfig, run_id: str, prompts: str | None,
                      initial: LLMOverride | None) -> dict: ...

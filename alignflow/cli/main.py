@@ -99,9 +99,6 @@ def cmd_run(args) -> int:
         allowed = _stages_named(args.allow_config_change)
         run_id = check_run_id(args.run_id) if args.run_id is not None else new_run_id()
         config = load_config(args.config, args.set)
-        from alignflow.cli import launch
-
-        launch.launcher().prepare()
         _preflight(config)
         if args.run_id:
             _resumable(config, run_id, allowed)
